@@ -1,0 +1,43 @@
+"""sqlalchemy_eventstore: an event store for PostgreSQL, as a SQLAlchemy extension.
+
+A Python port of the Elixir library EventStore (v1.4): streams with optimistic
+concurrency, the global ``$all`` stream, snapshots and subscriptions, on tables
+interchangeable with the reference's.
+"""
+
+from ._types import (
+    ALL_STREAM,
+    ANY_VERSION,
+    CURRENT,
+    NO_STREAM,
+    ORIGIN,
+    STREAM_EXISTS,
+    EventData,
+    Page,
+    RecordedEvent,
+    SnapshotData,
+    StreamInfo,
+)
+from .serializers import JsonbSerializer, JsonSerializer, MarshmallowSerializer, Serializer
+from .store import EventStore
+
+__all__ = [
+    "ALL_STREAM",
+    "ANY_VERSION",
+    "CURRENT",
+    "NO_STREAM",
+    "ORIGIN",
+    "STREAM_EXISTS",
+    "EventData",
+    "EventStore",
+    "JsonSerializer",
+    "JsonbSerializer",
+    "MarshmallowSerializer",
+    "Page",
+    "RecordedEvent",
+    "Serializer",
+    "SnapshotData",
+    "StreamInfo",
+]
+
+__version__ = "0.1.0"

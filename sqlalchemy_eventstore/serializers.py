@@ -1,0 +1,182 @@
+"""Serializers turn event data and metadata into column values and back.
+
+A serializer is any object with the three members of :class:`Serializer`:
+
+- ``column_data_type`` — ``"bytea"`` or ``"jsonb"``, the column type it writes;
+- ``serialize(term, type=None)`` — returns ``bytes`` for bytea columns, or a
+  JSON document as ``str`` for jsonb columns;
+- ``deserialize(data, type=None)`` — receives ``bytes`` (bytea) or the already
+  decoded JSON value (jsonb) and returns the Python value.
+
+``type`` is the event's ``event_type`` (``source_type`` for snapshots) and None
+for metadata. Raise ``TypeError``/``ValueError`` for a term that cannot be
+encoded; the store then writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import json
+import sys
+import uuid
+from collections.abc import Mapping
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+__all__ = [
+    "JsonSerializer",
+    "JsonbSerializer",
+    "MarshmallowSerializer",
+    "Serializer",
+    "type_name",
+]
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """The protocol every serializer implements (see the module docstring)."""
+
+    @property
+    def column_data_type(self) -> str:
+        """``"bytea"`` or ``"jsonb"``: the column type this serializer writes."""
+        ...
+
+    def serialize(self, term: Any, type: str | None = None) -> bytes | str: ...
+
+    def deserialize(self, data: Any, type: str | None = None) -> Any: ...
+
+
+def type_name(cls: type) -> str:
+    """The event type inferred from a class: ``"<module>.<qualname>"``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _default(value: Any) -> Any:
+    """``json.dumps`` hook for the common non-JSON types."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (datetime.datetime, datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (uuid.UUID, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def _resolve_type(name: str | None) -> type | None:
+    """The dataclass named ``module.qualname`` if its module is already imported.
+
+    Like the reference's ``String.to_existing_atom``, nothing is imported:
+    stored type names never cause code to be loaded.
+    """
+    if not name or "." not in name:
+        return None
+    pieces = name.split(".")
+    # A nested class (Outer.Inner) puts dots in the qualname too: try each split,
+    # longest module name first.
+    for i in range(len(pieces) - 1, 0, -1):
+        module = sys.modules.get(".".join(pieces[:i]))
+        if module is None:
+            continue
+        obj: Any = module
+        for attr in pieces[i:]:
+            obj = getattr(obj, attr, None)
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj):
+            return obj
+        return None
+    return None
+
+
+def _to_instance(value: Any, type: str | None) -> Any:
+    cls = _resolve_type(type) if isinstance(value, Mapping) else None
+    if cls is None:
+        return value
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    try:
+        return cls(**{k: v for k, v in value.items() if k in names})
+    except TypeError:
+        return value
+
+
+class JsonSerializer:
+    """JSON in a ``bytea`` column (the default).
+
+    Dataclass instances are written as objects; on read, an event whose type
+    names a dataclass in an already imported module comes back as an instance
+    of it, anything else as plain JSON values.
+    """
+
+    column_data_type: ClassVar[str] = "bytea"
+
+    def serialize(self, term: Any, type: str | None = None) -> bytes:
+        return json.dumps(term, default=_default, separators=(",", ":")).encode()
+
+    def deserialize(self, data: Any, type: str | None = None) -> Any:
+        return _to_instance(json.loads(bytes(data)), type)
+
+
+class JsonbSerializer:
+    """JSON in ``jsonb`` columns, so plain SQL can query ``data->>'field'``."""
+
+    column_data_type: ClassVar[str] = "jsonb"
+
+    def serialize(self, term: Any, type: str | None = None) -> str:
+        return json.dumps(term, default=_default, separators=(",", ":"))
+
+    def deserialize(self, data: Any, type: str | None = None) -> Any:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = json.loads(bytes(data))
+        elif isinstance(data, str):
+            data = json.loads(data)
+        return _to_instance(data, type)
+
+
+class MarshmallowSerializer:
+    """Typed events through marshmallow schemas, one per event type.
+
+    ``schemas`` maps an event type to a ``marshmallow.Schema`` (class or
+    instance); a schema's ``@post_load`` hook builds the typed object (a
+    dataclass, say) returned on read. Types without a schema, and metadata,
+    are plain JSON. ``column_data_type`` must match the store's.
+    """
+
+    def __init__(
+        self,
+        schemas: Mapping[str | type, Any],
+        *,
+        column_data_type: str = "bytea",
+    ) -> None:
+        if column_data_type not in ("bytea", "jsonb"):
+            raise ValueError(
+                f"column_data_type must be 'bytea' or 'jsonb', got {column_data_type!r}"
+            )
+        self.column_data_type = column_data_type
+        self._schemas: dict[str, Any] = {}
+        for key, schema in schemas.items():
+            name = type_name(key) if isinstance(key, type) else key
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"schemas keys must be event type names, got {key!r}")
+            self._schemas[name] = schema() if isinstance(schema, type) else schema
+
+    def _schema(self, type: str | None) -> Any:
+        return self._schemas.get(type) if type is not None else None
+
+    def serialize(self, term: Any, type: str | None = None) -> bytes | str:
+        schema = self._schema(type)
+        if schema is not None:
+            term = schema.dump(term)
+        text = json.dumps(term, default=_default, separators=(",", ":"))
+        return text.encode() if self.column_data_type == "bytea" else text
+
+    def deserialize(self, data: Any, type: str | None = None) -> Any:
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            data = json.loads(bytes(data))
+        elif isinstance(data, str) and self.column_data_type == "bytea":
+            data = json.loads(data)
+        schema = self._schema(type)
+        return schema.load(data) if schema is not None else data

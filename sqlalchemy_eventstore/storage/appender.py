@@ -1,0 +1,135 @@
+"""Appending events to a stream and linking existing events into one."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from .._types import ANY_VERSION, NO_STREAM, STREAM_EXISTS, ExpectedVersion
+from ..errors import (
+    DuplicateEventError,
+    EventNotFoundError,
+    StreamDeletedError,
+    StreamExistsError,
+    StreamNotFoundError,
+    WrongExpectedVersionError,
+)
+from .connection import translate_db_error
+from .sql import Statements
+
+__all__ = ["PreparedEvents", "append", "link"]
+
+# Column arrays of one append: event_ids, event_types, causation_ids,
+# correlation_ids, data, metadata (each a list with one entry per event).
+PreparedEvents = dict[str, list[Any]]
+
+
+def _version_params(expected: ExpectedVersion) -> dict[str, Any]:
+    """How the append statement treats each kind of expected version."""
+    if expected is ANY_VERSION:
+        return {"may_update": True, "may_create": True, "expected": -1}
+    if expected is STREAM_EXISTS:
+        return {"may_update": True, "may_create": False, "expected": -1}
+    if expected is NO_STREAM or expected == 0:
+        # A stream row at version 0 counts as absent, as in the reference.
+        return {"may_update": True, "may_create": True, "expected": 0}
+    return {"may_update": True, "may_create": False, "expected": expected}
+
+
+def check_expected_version(
+    expected: ExpectedVersion,
+    stream_uuid: str,
+    current_id: Any,
+    current_version: Any,
+    deleted: Any,
+) -> Exception | None:
+    """The error ``expected`` meets against a stream's state, if any.
+
+    The reference's ``StreamInfo.validate_expected_version``, case for case.
+    """
+    if deleted:
+        return StreamDeletedError(f"stream {stream_uuid!r} is deleted")
+    if current_id is None:
+        if expected is STREAM_EXISTS:
+            return StreamNotFoundError(f"stream {stream_uuid!r} not found")
+        if isinstance(expected, int) and expected > 0:
+            return WrongExpectedVersionError(
+                f"stream {stream_uuid!r} does not exist, expected version {expected}"
+            )
+        return None
+    if expected is ANY_VERSION or expected is STREAM_EXISTS or expected == current_version:
+        return None
+    if expected is NO_STREAM:
+        if current_version == 0:
+            return None
+        return StreamExistsError(f"stream {stream_uuid!r} already exists")
+    return WrongExpectedVersionError(
+        f"stream {stream_uuid!r} is at version {current_version}, expected {expected}"
+    )
+
+
+def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    try:
+        return conn.exec_driver_sql(sql, params).one()
+    except DBAPIError as error:
+        translated = translate_db_error(error)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def append(
+    conn: Connection,
+    sql: Statements,
+    stream_uuid: str,
+    expected: ExpectedVersion,
+    events: PreparedEvents,
+) -> int:
+    """Append prepared events in one statement; returns the stream's new version."""
+    count = len(events["event_ids"])
+    params = {"stream_uuid": stream_uuid, "count": count, **events, **_version_params(expected)}
+    for _attempt in range(2):
+        row = _execute(conn, sql.append, params)
+        if row[0] is not None:
+            return int(row[1]) + count
+        # Nothing written. Either the expected version does not hold, or the
+        # stream was created or deleted between the statement's snapshot and
+        # its row lock: then one retry, with a fresh snapshot, decides.
+        error = check_expected_version(expected, stream_uuid, row[2], row[3], row[4])
+        if error is not None:
+            raise error
+    raise WrongExpectedVersionError(f"stream {stream_uuid!r} changed concurrently")
+
+
+def link(
+    conn: Connection,
+    sql: Statements,
+    stream_uuid: str,
+    expected: ExpectedVersion,
+    event_ids: Sequence[str],
+) -> int:
+    """Link existing events into a stream in one statement; returns its new version."""
+    count = len(event_ids)
+    params = {
+        "stream_uuid": stream_uuid,
+        "count": count,
+        "event_ids": list(event_ids),
+        **_version_params(expected),
+    }
+    for _attempt in range(2):
+        row = _execute(conn, sql.link, params)
+        if row[0] is not None:
+            return int(row[1]) + count
+        error = check_expected_version(expected, stream_uuid, row[2], row[3], row[4])
+        if error is not None:
+            raise error
+        if row[5] != count:
+            raise EventNotFoundError(
+                f"{count - row[5]} of the events to link into {stream_uuid!r} are not stored"
+            )
+        if row[6]:
+            raise DuplicateEventError(f"an event is already linked to stream {stream_uuid!r}")
+    raise WrongExpectedVersionError(f"stream {stream_uuid!r} changed concurrently")

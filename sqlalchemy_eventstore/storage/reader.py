@@ -1,0 +1,131 @@
+"""Reading events, stream information and pages of streams."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection
+
+from .._types import Page, RecordedEvent, StreamInfo
+from ..errors import StreamDeletedError, StreamNotFoundError
+from ..serializers import Serializer
+from .sql import Statements
+
+__all__ = ["paginate_streams", "read_events", "stream_info", "utc"]
+
+# The largest stream version: "from the end" for backward reads.
+END = 2**63 - 1
+
+
+def utc(value: datetime) -> datetime:
+    """A timestamptz as an aware UTC datetime, whatever the session's time zone."""
+    return value.astimezone(timezone.utc)
+
+
+def _str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def to_recorded_event(row: Any, serializer: Serializer) -> RecordedEvent:
+    """A RecordedEvent from a row of ``sql._EVENT_COLUMNS`` (after two lead columns)."""
+    event_type = row[6]
+    return RecordedEvent(
+        event_number=row[2],
+        event_id=str(row[3]),
+        stream_uuid=row[4],
+        stream_version=row[5],
+        event_type=event_type,
+        data=serializer.deserialize(row[7], event_type),
+        metadata=None if row[8] is None else serializer.deserialize(row[8], None),
+        causation_id=_str(row[9]),
+        correlation_id=_str(row[10]),
+        created_at=utc(row[11]),
+    )
+
+
+def read_events(
+    conn: Connection,
+    sql: Statements,
+    serializer: Serializer,
+    stream_uuid: str,
+    start_version: int,
+    count: int,
+    *,
+    forward: bool,
+) -> list[RecordedEvent]:
+    """One page of a stream (``$all`` included), in one round trip."""
+    if forward:
+        statement = sql.read_forward
+    else:
+        statement = sql.read_backward
+        if start_version < 0:
+            start_version = END
+    rows = conn.exec_driver_sql(
+        statement, {"stream_uuid": stream_uuid, "start": start_version, "count": count}
+    ).all()
+    if not rows:
+        raise StreamNotFoundError(f"stream {stream_uuid!r} not found")
+    if rows[0][1]:
+        raise StreamDeletedError(f"stream {stream_uuid!r} is deleted")
+    if rows[0][2] is None:  # the stream exists; no event in range
+        return []
+    return [to_recorded_event(row, serializer) for row in rows]
+
+
+def _stream_info(row: Any) -> StreamInfo:
+    return StreamInfo(
+        stream_uuid=row[1],
+        stream_id=row[0],
+        stream_version=row[2],
+        created_at=utc(row[3]),
+        deleted_at=None if row[4] is None else utc(row[4]),
+        status="created" if row[4] is None else "deleted",
+    )
+
+
+def stream_info(conn: Connection, sql: Statements, stream_uuid: str) -> StreamInfo:
+    row = conn.exec_driver_sql(sql.stream_info, {"stream_uuid": stream_uuid}).first()
+    if row is None:
+        raise StreamNotFoundError(f"stream {stream_uuid!r} not found")
+    if row[4] is not None:
+        raise StreamDeletedError(f"stream {stream_uuid!r} is deleted")
+    return _stream_info(row)
+
+
+def like_pattern(search: str) -> str:
+    """A LIKE pattern matching ``search`` as a literal substring."""
+    escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def paginate_streams(
+    conn: Connection,
+    sql: Statements,
+    *,
+    page_size: int,
+    page_number: int,
+    search: str | None,
+    sort_by: str,
+    sort_dir: str,
+) -> Page[StreamInfo]:
+    assert sql.paginate is not None
+    statement = sql.paginate[(sort_by, sort_dir.upper())]
+    rows = conn.exec_driver_sql(
+        statement,
+        {
+            "pattern": None if search is None else like_pattern(search),
+            "limit": page_size,
+            "offset": (page_number - 1) * page_size,
+        },
+    ).all()
+    total = int(rows[0][0]) if rows else 0
+    entries = [_stream_info(row[1:]) for row in rows if row[1] is not None]
+    return Page(
+        entries=entries,
+        page_number=page_number,
+        page_size=page_size,
+        total_entries=total,
+        total_pages=math.ceil(total / page_size) if total else 0,
+    )

@@ -1,0 +1,52 @@
+"""Recording, reading and deleting snapshots."""
+
+from __future__ import annotations
+
+from sqlalchemy import Connection
+
+from .._types import SnapshotData
+from ..errors import SnapshotNotFoundError
+from ..serializers import Serializer
+from .reader import utc
+from .sql import Statements
+
+__all__ = ["delete_snapshot", "read_snapshot", "record_snapshot"]
+
+
+def record_snapshot(
+    conn: Connection, sql: Statements, serializer: Serializer, snapshot: SnapshotData
+) -> None:
+    """Insert or replace the snapshot of ``snapshot.source_uuid``."""
+    conn.exec_driver_sql(
+        sql.record_snapshot,
+        {
+            "source_uuid": snapshot.source_uuid,
+            "source_version": snapshot.source_version,
+            "source_type": snapshot.source_type,
+            "data": serializer.serialize(snapshot.data, snapshot.source_type),
+            "metadata": None
+            if snapshot.metadata is None
+            else serializer.serialize(snapshot.metadata, None),
+            "created_at": snapshot.created_at,
+        },
+    )
+
+
+def read_snapshot(
+    conn: Connection, sql: Statements, serializer: Serializer, source_uuid: str
+) -> SnapshotData:
+    row = conn.exec_driver_sql(sql.read_snapshot, {"source_uuid": source_uuid}).first()
+    if row is None:
+        raise SnapshotNotFoundError(f"no snapshot of {source_uuid!r}")
+    return SnapshotData(
+        source_uuid=row[0],
+        source_version=row[1],
+        source_type=row[2],
+        data=serializer.deserialize(row[3], row[2]),
+        metadata=None if row[4] is None else serializer.deserialize(row[4], None),
+        created_at=utc(row[5]),
+    )
+
+
+def delete_snapshot(conn: Connection, sql: Statements, source_uuid: str) -> None:
+    conn.exec_driver_sql(sql.delete_snapshot, {"source_uuid": source_uuid})

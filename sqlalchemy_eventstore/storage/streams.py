@@ -1,0 +1,56 @@
+"""Deleting streams, softly or for good."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection
+
+from .._types import ExpectedVersion
+from ..errors import StreamDeletedError, StreamNotFoundError, WrongExpectedVersionError
+from .sql import Statements
+
+__all__ = ["delete_stream"]
+
+
+def _expected_param(expected: ExpectedVersion) -> int:
+    return expected if isinstance(expected, int) else -1
+
+
+def _raise_failure(stream_uuid: str, expected: ExpectedVersion, row: Any) -> None:
+    _, current_id, current_version, deleted = row
+    if current_id is None:
+        raise StreamNotFoundError(f"stream {stream_uuid!r} not found")
+    if deleted:
+        raise StreamDeletedError(f"stream {stream_uuid!r} is deleted")
+    raise WrongExpectedVersionError(
+        f"stream {stream_uuid!r} is at version {current_version}, expected {expected}"
+    )
+
+
+def delete_stream(
+    conn: Connection,
+    sql: Statements,
+    stream_uuid: str,
+    expected: ExpectedVersion,
+    *,
+    hard: bool,
+) -> None:
+    """Soft delete in one statement; hard delete inside the given transaction.
+
+    A hard delete turns ``eventstore.enable_hard_deletes`` on for the current
+    transaction only, and puts the previous value back afterwards, so a
+    caller's transaction (``conn=``) keeps refusing stray DELETEs.
+    """
+    params = {"stream_uuid": stream_uuid, "expected": _expected_param(expected)}
+    if not hard:
+        row = conn.exec_driver_sql(sql.soft_delete, params).one()
+    else:
+        previous = conn.exec_driver_sql(sql.current_hard_deletes).scalar()
+        conn.exec_driver_sql(sql.enable_hard_deletes, {"value": "on"})
+        try:
+            row = conn.exec_driver_sql(sql.hard_delete, params).one()
+        finally:
+            conn.exec_driver_sql(sql.enable_hard_deletes, {"value": previous or ""})
+    if row[0] is None:
+        _raise_failure(stream_uuid, expected, row)
