@@ -20,6 +20,7 @@ from ._types import (
 )
 from .serializers import JsonbSerializer, JsonSerializer, MarshmallowSerializer, Serializer
 from .store import EventStore
+from .subscriptions.handle import Subscription
 
 __all__ = [
     "ALL_STREAM",
@@ -38,6 +39,7 @@ __all__ = [
     "Serializer",
     "SnapshotData",
     "StreamInfo",
+    "Subscription",
 ]
 
 __version__ = "0.1.0"

@@ -47,6 +47,11 @@ def check_int(value: Any, name: str, *, minimum: int) -> int:
     return value
 
 
+def check_callable(value: Any, name: str) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+
+
 def check_count(value: Any, name: str = "count") -> int:
     return check_int(value, name, minimum=0)
 

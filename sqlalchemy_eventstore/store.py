@@ -14,6 +14,8 @@ from . import _validation as check
 from ._types import (
     ALL_STREAM,
     ANY_VERSION,
+    CURRENT,
+    ORIGIN,
     STREAM_EXISTS,
     Page,
     RecordedEvent,
@@ -24,12 +26,17 @@ from .errors import (
     CannotAppendToAllStreamError,
     CannotDeleteAllStreamError,
     HardDeletesNotEnabledError,
+    StreamDeletedError,
+    StreamNotFoundError,
 )
 from .serializers import JsonbSerializer, JsonSerializer, Serializer
 from .storage import appender, reader, snapshots, streams
 from .storage.connection import ConnLike, connection
 from .storage.schema import create_schema
 from .storage.sql import SORT_COLUMNS, Statements
+from .storage.subscriptions import delete_subscription as delete_subscription_row
+from .subscriptions.handle import Subscription
+from .subscriptions.runner import PersistentOptions, Runner
 
 __all__ = ["EventStore"]
 
@@ -119,6 +126,8 @@ class EventStore:
         self.name = name
         self._sql = Statements(schema, column_data_type)
         self._closed = False
+        self._runner: Runner | None = None
+        self._runner_lock = threading.Lock()
         with _instances_lock:
             _instances.add(self)
 
@@ -151,6 +160,10 @@ class EventStore:
         self._closed = True
         with _instances_lock:
             _instances.discard(self)
+        with self._runner_lock:
+            runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.stop()
         if self._owns_engine:
             self._engine.dispose()
 
@@ -429,3 +442,124 @@ class EventStore:
         """Delete the snapshot of ``source_uuid``; no error when there is none."""
         source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
         self._run(conn, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid))
+
+    # -- subscriptions -----------------------------------------------------------
+
+    def _get_runner(self) -> Runner:
+        with self._runner_lock:
+            if self._closed:
+                raise RuntimeError("the event store is closed")
+            if self._runner is None:
+                self._runner = Runner(self)
+            return self._runner
+
+    def subscribe(
+        self,
+        stream_uuid: str,
+        *,
+        handler: Callable[[list[Any]], Any] | None = None,
+        selector: Callable[[RecordedEvent], Any] | None = None,
+        mapper: Callable[[RecordedEvent], Any] | None = None,
+    ) -> Subscription:
+        """A transient subscription to a stream or ``$all``: every event committed
+        after this returns is delivered; nothing is acknowledged or persisted."""
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        for name, value in (("handler", handler), ("selector", selector), ("mapper", mapper)):
+            check.check_callable(value, name)
+        return self._get_runner().subscribe_transient(stream_uuid, handler, selector, mapper)
+
+    def subscribe_to_stream(
+        self,
+        stream_uuid: str,
+        subscription_name: str,
+        *,
+        handler: Callable[[list[Any]], Any] | None = None,
+        start_from: Any = ORIGIN,
+        selector: Callable[[RecordedEvent], Any] | None = None,
+        mapper: Callable[[RecordedEvent], Any] | None = None,
+        concurrency_limit: int = 1,
+        buffer_size: int = 1,
+        max_size: int = 1000,
+        checkpoint_threshold: int = 1,
+        checkpoint_after: float | None = None,
+        partition_by: Callable[[RecordedEvent], Any] | None = None,
+        transient: bool = False,
+    ) -> Subscription:
+        """A persistent subscription: at-least-once delivery from the last
+        acknowledged event, one instance across all processes."""
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        for label, value in (
+            ("handler", handler),
+            ("selector", selector),
+            ("mapper", mapper),
+            ("partition_by", partition_by),
+        ):
+            check.check_callable(value, label)
+        for label, number in (
+            ("concurrency_limit", concurrency_limit),
+            ("buffer_size", buffer_size),
+            ("max_size", max_size),
+            ("checkpoint_threshold", checkpoint_threshold),
+        ):
+            check.check_int(number, label, minimum=1)
+        if checkpoint_after is not None:
+            if isinstance(checkpoint_after, bool) or not isinstance(checkpoint_after, (int, float)):
+                raise TypeError("checkpoint_after must be a number of seconds or None")
+            if checkpoint_after <= 0:
+                raise ValueError("checkpoint_after must be > 0 seconds")
+        if not isinstance(transient, bool):
+            raise TypeError("transient must be a bool")
+        if start_from is ORIGIN:
+            start = 0
+        elif start_from is CURRENT:
+            start = -1
+        elif isinstance(start_from, bool) or not isinstance(start_from, int):
+            raise TypeError(f"start_from must be ORIGIN, CURRENT or an int, got {start_from!r}")
+        elif start_from < 0:
+            raise ValueError(f"start_from must be >= 0, got {start_from}")
+        else:
+            start = start_from
+        if start == -1:
+            try:
+                start = self.stream_info(stream_uuid).stream_version
+            except (StreamNotFoundError, StreamDeletedError):
+                start = 0
+        options = PersistentOptions(
+            start_from=start,
+            selector=selector,
+            mapper=mapper,
+            concurrency_limit=concurrency_limit,
+            buffer_size=buffer_size,
+            max_size=max_size,
+            checkpoint_threshold=checkpoint_threshold,
+            checkpoint_after=None if checkpoint_after is None else float(checkpoint_after),
+            partition_by=partition_by,
+            transient=transient,
+        )
+        return self._get_runner().subscribe_persistent(stream_uuid, name, handler, options)
+
+    def subscribe_to_all_streams(self, subscription_name: str, **options: Any) -> Subscription:
+        """A persistent subscription to ``$all`` (options as :meth:`subscribe_to_stream`)."""
+        return self.subscribe_to_stream(ALL_STREAM, subscription_name, **options)
+
+    def unsubscribe_from_stream(self, stream_uuid: str, subscription_name: str) -> None:
+        """Stop the subscription's subscribers in this process; the checkpoint is kept."""
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        with self._runner_lock:
+            runner = self._runner
+        if runner is not None:
+            runner.unsubscribe_all((stream_uuid, name))
+
+    def unsubscribe_from_all_streams(self, subscription_name: str) -> None:
+        self.unsubscribe_from_stream(ALL_STREAM, subscription_name)
+
+    def delete_subscription(self, stream_uuid: str, subscription_name: str) -> None:
+        """Stop any live subscriber here and delete the subscription's checkpoint."""
+        self.unsubscribe_from_stream(stream_uuid, subscription_name)
+        with self._engine.begin() as conn:
+            delete_subscription_row(conn, self.schema, stream_uuid, subscription_name)
+
+    def delete_all_streams_subscription(self, subscription_name: str) -> None:
+        self.delete_subscription(ALL_STREAM, subscription_name)

@@ -1,0 +1,140 @@
+"""Advisory locks that keep a named subscription to one instance cluster-wide.
+
+Locks are session-level, so they live on one dedicated connection per store
+(the ``session_mode_url`` when given: PgBouncer in transaction mode cannot hold
+them). The key is the reference's: the ``subscriptions`` table's oid and the
+subscription's id, so this package and the Elixir library exclude each other.
+The server releases every lock when the session ends -- a crashed process
+frees its subscriptions -- and this connection's loss means all locks are lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+
+from .schema import quote_ident
+
+__all__ = ["AdvisoryLocks"]
+
+logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
+
+# The reference's two-int key: (subscriptions table oid, subscription id).
+_KEY = """(
+    CAST(CAST(CAST(%(table)s AS regclass) AS oid) AS int),
+    CAST(CASE WHEN %(id)s > 2147483647 THEN mod(%(id)s, 2147483647) ELSE %(id)s END AS int)
+)"""
+
+
+class AdvisoryLocks:
+    """Try-locks on one session connection; reconnects (holding nothing) when lost."""
+
+    def __init__(self, url: URL, schema: str, *, application_name: str) -> None:
+        self._engine: Engine = create_engine(
+            url,
+            poolclass=NullPool,
+            connect_args={"application_name": application_name},
+            isolation_level="AUTOCOMMIT",
+        )
+        self._schema = schema
+        self._conn: Any = None
+        self._held: set[int] = set()
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    def _params(self, subscription_id: int) -> dict[str, Any]:
+        return {"table": f"{quote_ident(self._schema)}.subscriptions", "id": subscription_id}
+
+    @property
+    def generation(self) -> int:
+        """Incremented whenever the session is replaced (all locks were lost)."""
+        return self._generation
+
+    def _connection(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            if self._conn is not None:
+                self._lost()
+            self._conn = self._engine.connect()
+        return self._conn
+
+    def _lost(self) -> None:
+        if self._held:
+            logger.warning("advisory lock connection lost; released %d locks", len(self._held))
+        self._held.clear()
+        self._generation += 1
+        self._conn = None
+
+    def try_lock(self, subscription_id: int) -> bool:
+        """Take the subscription's lock if free (or already ours)."""
+        with self._lock:
+            if subscription_id in self._held and self.alive():
+                return True
+            try:
+                conn = self._connection()
+                got = conn.exec_driver_sql(
+                    "SELECT pg_try_advisory_lock" + _KEY, self._params(subscription_id)
+                ).scalar()
+            except Exception:
+                logger.warning("could not take advisory lock", exc_info=True)
+                self._drop()
+                return False
+            if got:
+                self._held.add(subscription_id)
+            return bool(got)
+
+    def unlock(self, subscription_id: int) -> None:
+        with self._lock:
+            if subscription_id not in self._held:
+                return
+            self._held.discard(subscription_id)
+            try:
+                self._connection().exec_driver_sql(
+                    "SELECT pg_advisory_unlock" + _KEY, self._params(subscription_id)
+                )
+            except Exception:
+                logger.warning("could not release advisory lock", exc_info=True)
+                self._drop()
+
+    def alive(self) -> bool:
+        """Check the session still exists (a round trip); False drops every lock."""
+        if self._conn is None:
+            return False
+        try:
+            self._conn.exec_driver_sql("SELECT 1")
+            return True
+        except Exception:
+            self._drop()
+            return False
+
+    def holds(self, subscription_id: int) -> bool:
+        return subscription_id in self._held
+
+    def _drop(self) -> None:
+        try:
+            if self._conn is not None:
+                self._conn.invalidate()
+                self._conn.close()
+        except Exception:
+            logger.debug("error closing advisory lock connection", exc_info=True)
+        self._lost()
+
+    def check(self) -> bool:
+        """Thread-safe liveness check; False means every lock was lost."""
+        with self._lock:
+            return self.alive()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    self._conn.close()
+                except Exception:
+                    logger.debug("error closing advisory lock connection", exc_info=True)
+                self._conn = None
+            self._held.clear()
+            self._engine.dispose()

@@ -1,0 +1,478 @@
+"""The scheduler: one thread per store driving every subscription of the process.
+
+It owns all subscription state, so nothing here needs a lock but the inbox:
+the listener, the subscribers' acks and the public API all post commands to
+it and (where they need an answer) wait for it. Each pass it catches
+subscriptions up from storage, dispatches queued events, writes due
+checkpoints and retries subscriptions that do not hold their advisory lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import zlib
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .._types import ALL_STREAM, RecordedEvent
+from ..errors import (
+    AlreadySubscribedError,
+    StreamDeletedError,
+    StreamNotFoundError,
+    SubscriptionAlreadyExistsError,
+    TooManySubscribersError,
+)
+from ..notifications.listener import Listener
+from ..notifications.payload import Notification
+from ..storage import subscriptions as rows
+from ..storage.locks import AdvisoryLocks
+from .handle import Handler, Subscription
+from .state import SubscriptionState
+
+if TYPE_CHECKING:
+    from ..store import EventStore
+
+__all__ = ["PersistentOptions", "Runner"]
+
+logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
+T = TypeVar("T")
+Key = tuple[str, str]
+
+
+@dataclass
+class PersistentOptions:
+    start_from: int
+    selector: Callable[[RecordedEvent], Any] | None
+    mapper: Callable[[RecordedEvent], Any] | None
+    concurrency_limit: int
+    buffer_size: int
+    max_size: int
+    checkpoint_threshold: int
+    checkpoint_after: float | None
+    partition_by: Callable[[RecordedEvent], Hashable] | None
+    transient: bool
+
+
+@dataclass(eq=False)
+class _Persistent:
+    """A named subscription in this process: its options, subscribers and state."""
+
+    stream_uuid: str
+    name: str
+    options: PersistentOptions
+    handles: list[Subscription] = field(default_factory=list)
+    subscription_id: int | None = None
+    state: SubscriptionState | None = None
+    lock_generation: int = -1
+    next_attempt: float = 0.0
+    last_ack_at: float = 0.0
+
+
+@dataclass(eq=False)
+class _Transient:
+    stream_uuid: str
+    handle: Subscription
+    selector: Callable[[RecordedEvent], Any] | None
+    mapper: Callable[[RecordedEvent], Any] | None
+
+
+def _transient_lock_id(sub: _Persistent) -> int:
+    return -(zlib.crc32(f"{sub.stream_uuid}\x00{sub.name}".encode()) & 0x7FFFFFFF) - 1
+
+
+class Runner:
+    """Drives the subscriptions of one store (started on the first subscribe)."""
+
+    def __init__(self, store: EventStore) -> None:
+        self._store = store
+        self._inbox: queue.Queue[tuple[Callable[[], Any], Future[Any] | None]] = queue.Queue()
+        self._persistent: dict[Key, _Persistent] = {}
+        self._transients: list[_Transient] = []
+        # How far live publication got: in $all, and per subscribed stream.
+        self._all_position: int | None = None
+        self._stream_positions: dict[str, int] = {}
+        session_url = store.session_mode_url or store.engine.url
+        self._listener = Listener(
+            session_url,
+            store.schema,
+            on_notification=lambda n: self._post(lambda: self._on_notification(n)),
+            on_reconnect=lambda: self._post(self._on_reconnect),
+            name=f"eventstore-listener-{store.schema}",
+        )
+        self._locks = AdvisoryLocks(
+            session_url, store.schema, application_name=f"eventstore-locks-{store.schema}"
+        )
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"eventstore-runner-{store.schema}", daemon=True
+        )
+        self._listener.start()
+        self._thread.start()
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _post(self, work: Callable[[], Any]) -> None:
+        self._inbox.put((work, None))
+
+    def call(self, work: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run ``work`` on the runner thread and return its result (or raise)."""
+        if threading.current_thread() is self._thread:
+            return work()
+        future: Future[T] = Future()
+        self._inbox.put((work, future))
+        return future.result(timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                work, future = self._inbox.get(timeout=0.05)
+            except queue.Empty:
+                work, future = None, None
+            if work is not None:
+                try:
+                    result = work()
+                except BaseException as error:  # handed back to the caller
+                    if future is not None:
+                        future.set_exception(error)
+                    else:
+                        logger.exception("subscription runner task failed")
+                else:
+                    if future is not None:
+                        future.set_result(result)
+            if self._stopping:
+                return
+            try:
+                self._tick()
+            except Exception:
+                logger.exception("subscription runner pass failed")
+
+    # -- public operations (called from any thread) ---------------------------------
+
+    def wait_listening(self, timeout: float) -> bool:
+        return self._listener.wait_listening(timeout)
+
+    def subscribe_transient(
+        self,
+        stream_uuid: str,
+        handler: Handler | None,
+        selector: Callable[[RecordedEvent], Any] | None,
+        mapper: Callable[[RecordedEvent], Any] | None,
+    ) -> Subscription:
+        if not self._listener.wait_listening(30):
+            raise TimeoutError("the notification listener could not connect")
+        handle = Subscription(
+            self,
+            (stream_uuid, ""),
+            stream_uuid=stream_uuid,
+            subscription_name=None,
+            handler=handler,
+            transient=True,
+        )
+
+        def register() -> Subscription:
+            # Start after the current position: the listener is already
+            # listening, so every later commit is notified.
+            self._ensure_position(stream_uuid)
+            self._transients.append(_Transient(stream_uuid, handle, selector, mapper))
+            handle._set_subscribed()
+            return handle
+
+        return self.call(register)
+
+    def subscribe_persistent(
+        self,
+        stream_uuid: str,
+        name: str,
+        handler: Handler | None,
+        options: PersistentOptions,
+    ) -> Subscription:
+        key = (stream_uuid, name)
+        handle = Subscription(
+            self,
+            key,
+            stream_uuid=stream_uuid,
+            subscription_name=name,
+            handler=handler,
+            transient=options.transient,
+        )
+
+        def register() -> Subscription:
+            sub = self._persistent.get(key)
+            if sub is None:
+                sub = _Persistent(stream_uuid, name, options)
+                self._persistent[key] = sub
+            else:
+                if handler is not None and any(h.handler is handler for h in sub.handles):
+                    raise AlreadySubscribedError(f"handler already subscribed to {name!r}")
+                if sub.options.concurrency_limit == 1:
+                    raise SubscriptionAlreadyExistsError(f"subscription {name!r} already exists")
+                if len(sub.handles) >= sub.options.concurrency_limit:
+                    raise TooManySubscribersError(
+                        f"subscription {name!r} has its {sub.options.concurrency_limit} subscribers"
+                    )
+            sub.handles.append(handle)
+            if sub.state is not None:
+                sub.state.add_subscriber(id(handle))
+                handle._set_subscribed()
+            return handle
+
+        try:
+            return self.call(register)
+        except BaseException:
+            handle._stop()
+            raise
+
+    def ack(self, key: Key, handle: Subscription, event_number: int) -> None:
+        def record() -> None:
+            sub = self._persistent.get(key)
+            if sub is None or sub.state is None:
+                return
+            sub.state.ack(id(handle), event_number)
+            sub.last_ack_at = time.monotonic()
+            self._pump(sub)
+
+        self.call(record)
+
+    def unsubscribe(self, key: Key, handle: Subscription) -> None:
+        def remove() -> None:
+            if key[1] == "":
+                self._transients = [t for t in self._transients if t.handle is not handle]
+            else:
+                sub = self._persistent.get(key)
+                if sub is not None and handle in sub.handles:
+                    sub.handles.remove(handle)
+                    if sub.state is not None:
+                        sub.state.remove_subscriber(id(handle))
+                    if not sub.handles:
+                        self._release(sub)
+                        del self._persistent[key]
+                    else:
+                        self._pump(sub)
+            handle._stop()
+
+        self.call(remove)
+        handle._join(5)
+
+    def unsubscribe_all(self, key: Key) -> None:
+        sub = self.call(lambda: self._persistent.get(key))
+        if sub is not None:
+            for handle in list(sub.handles):
+                self.unsubscribe(key, handle)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Persist checkpoints, stop every subscriber, the listener and the thread."""
+
+        def shutdown() -> list[Subscription]:
+            handles = []
+            for sub in list(self._persistent.values()):
+                self._release(sub)
+                handles.extend(sub.handles)
+            handles.extend(t.handle for t in self._transients)
+            self._persistent.clear()
+            self._transients.clear()
+            self._stopping = True
+            for handle in handles:
+                handle._stop()
+            return handles
+
+        handles: list[Subscription] = []
+        if self._thread.is_alive():
+            try:
+                handles = self.call(shutdown, timeout)
+            except Exception:
+                logger.exception("subscription runner did not shut down cleanly")
+                self._stopping = True
+        self._thread.join(timeout)
+        self._listener.stop(timeout)
+        self._locks.close()
+        for handle in handles:
+            handle._join(timeout)
+
+    # -- on the runner thread ---------------------------------------------------------
+
+    def _release(self, sub: _Persistent) -> None:
+        """Write the checkpoint (whatever the threshold) and give up the lock."""
+        if sub.state is not None and sub.state.checkpoint_pending:
+            self._write_checkpoint(sub)
+        if sub.subscription_id is not None:
+            self._locks.unlock(sub.subscription_id)
+        sub.state = None
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self._persistent and not self._locks.check():
+            for sub in self._persistent.values():
+                if sub.state is not None:
+                    logger.warning("subscription %r lost its lock; stopping delivery", sub.name)
+                    self._drop_state(sub)
+        for sub in list(self._persistent.values()):
+            if sub.state is None:
+                if now >= sub.next_attempt:
+                    self._try_start(sub, now)
+                continue
+            self._pump(sub)
+            after = sub.options.checkpoint_after
+            if (
+                after is not None
+                and sub.state.checkpoint_pending
+                and now - sub.last_ack_at >= after
+            ):
+                self._write_checkpoint(sub)
+
+    def _drop_state(self, sub: _Persistent) -> None:
+        """Lost the lock: forget in-memory progress; storage has the checkpoint."""
+        sub.state = None
+        sub.next_attempt = time.monotonic()
+        for handle in sub.handles:
+            handle._subscribed.clear()
+
+    def _try_start(self, sub: _Persistent, now: float) -> None:
+        store = self._store
+        try:
+            if sub.options.transient:
+                # Nothing is persisted, so the lock cannot key on a row id: a
+                # negative key from the name keeps processes exclusive without
+                # clashing with persistent subscriptions' (positive) ids.
+                row = rows.SubscriptionRow(_transient_lock_id(sub), sub.options.start_from)
+                sub.subscription_id = row.subscription_id
+            else:
+                with store.engine.begin() as conn:
+                    row = rows.subscribe(
+                        conn, store.schema, sub.stream_uuid, sub.name, sub.options.start_from
+                    )
+                sub.subscription_id = row.subscription_id
+            locked = self._locks.try_lock(sub.subscription_id)
+        except Exception:
+            logger.exception("could not start subscription %r", sub.name)
+            locked = False
+        if not locked:
+            sub.next_attempt = now + store.subscription_retry_interval
+            return
+        opts = sub.options
+        sub.state = SubscriptionState(
+            last_seen=row.last_seen,
+            buffer_size=opts.buffer_size,
+            max_size=opts.max_size,
+            checkpoint_threshold=opts.checkpoint_threshold,
+            selector=opts.selector,
+            partition_by=opts.partition_by,
+        )
+        sub.last_ack_at = time.monotonic()
+        for handle in sub.handles:
+            sub.state.add_subscriber(id(handle))
+            handle._set_subscribed()
+        self._pump(sub)
+
+    def _pump(self, sub: _Persistent) -> None:
+        """Read from storage while behind, dispatch, and checkpoint when due."""
+        state = sub.state
+        if state is None:
+            return
+        wanted = state.wants_read()
+        if wanted:
+            events = self._read(sub.stream_uuid, state.last_received + 1, wanted)
+            state.receive_read(events, wanted)
+        handles: dict[Hashable, Subscription] = {id(h): h for h in sub.handles}
+        for slot, batch in state.dispatch():
+            handle = handles[slot.key]
+            mapper = sub.options.mapper
+            values = [mapper(e) for e in batch] if mapper else list(batch)
+            handle._deliver(values, [e.event_number for e in batch])
+        if state.checkpoint_due():
+            self._write_checkpoint(sub)
+
+    def _write_checkpoint(self, sub: _Persistent) -> None:
+        state = sub.state
+        if state is None:
+            return
+        position = state.checkpoint
+        if not sub.options.transient:
+            with self._store.engine.begin() as conn:
+                rows.store_checkpoint(conn, self._store.schema, sub.stream_uuid, sub.name, position)
+        state.persisted_at(position)
+
+    def _read(self, stream_uuid: str, start: int, count: int) -> list[RecordedEvent]:
+        try:
+            return self._store.read_stream_forward(stream_uuid, start, count)
+        except (StreamNotFoundError, StreamDeletedError):
+            return []
+
+    # -- live publication ------------------------------------------------------------
+
+    def _ensure_position(self, stream_uuid: str) -> None:
+        if stream_uuid == ALL_STREAM:
+            if self._all_position is None:
+                self._all_position = self._current_version(ALL_STREAM)
+        elif stream_uuid not in self._stream_positions:
+            self._stream_positions[stream_uuid] = self._current_version(stream_uuid)
+
+    def _current_version(self, stream_uuid: str) -> int:
+        try:
+            return self._store.stream_info(stream_uuid).stream_version
+        except (StreamNotFoundError, StreamDeletedError):
+            return 0
+
+    def _interested(self, stream_uuid: str) -> bool:
+        return any(t.stream_uuid == stream_uuid for t in self._transients) or any(
+            s.stream_uuid == stream_uuid and s.state is not None for s in self._persistent.values()
+        )
+
+    def _on_notification(self, notification: Notification) -> None:
+        stream_uuid = notification.stream_uuid
+        if notification.last_version < notification.first_version:
+            return  # a soft delete: no events
+        if not self._interested(stream_uuid):
+            return
+        self._publish_up_to(stream_uuid, notification.last_version)
+
+    def _on_reconnect(self) -> None:
+        """Notifications may have been missed: publish whatever storage has beyond
+        each position, then let persistent subscriptions re-check storage."""
+        for stream_uuid in {t.stream_uuid for t in self._transients} | {
+            s.stream_uuid for s in self._persistent.values()
+        }:
+            self._publish_up_to(stream_uuid, None)
+        for sub in self._persistent.values():
+            if sub.state is not None:
+                sub.state.behind = True
+
+    def _publish_up_to(self, stream_uuid: str, last: int | None) -> None:
+        """Read the stream once past its published position and fan out."""
+        if stream_uuid == ALL_STREAM:
+            if self._all_position is None:
+                self._all_position = 0 if last is None else last
+                return
+            position = self._all_position
+        else:
+            position = self._stream_positions.get(stream_uuid, 0)
+        while last is None or position < last:
+            count = 1000 if last is None else min(1000, last - position)
+            events = self._read(stream_uuid, position + 1, count)
+            if not events:
+                break
+            position = events[-1].event_number
+            self._fan_out(stream_uuid, events)
+            if len(events) < count:
+                break
+        if stream_uuid == ALL_STREAM:
+            self._all_position = position
+        else:
+            self._stream_positions[stream_uuid] = position
+
+    def _fan_out(self, stream_uuid: str, events: list[RecordedEvent]) -> None:
+        for t in self._transients:
+            if t.stream_uuid != stream_uuid:
+                continue
+            chosen = [e for e in events if t.selector is None or t.selector(e)]
+            if chosen:
+                values = [t.mapper(e) for e in chosen] if t.mapper else chosen
+                t.handle._deliver(values, [e.event_number for e in chosen])
+        for sub in self._persistent.values():
+            if sub.stream_uuid == stream_uuid and sub.state is not None:
+                sub.state.receive_published(events)
+                self._pump(sub)
