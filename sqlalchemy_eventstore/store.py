@@ -110,7 +110,14 @@ class EventStore:
             self._engine = url_or_engine
             self._owns_engine = False
         elif isinstance(url_or_engine, (str, URL)):
-            self._engine = create_engine(_engine_url(url_or_engine))
+            url = _engine_url(url_or_engine)
+            # Named in pg_stat_activity unless the URL names it already.
+            connect_args = (
+                {}
+                if "application_name" in url.query
+                else {"application_name": name or "sqlalchemy_eventstore"}
+            )
+            self._engine = create_engine(url, connect_args=connect_args)
             self._owns_engine = True
         else:
             raise TypeError(
@@ -427,9 +434,8 @@ class EventStore:
         check.check_stream_uuid(snapshot.source_uuid, "snapshot.source_uuid")
         check.check_int(snapshot.source_version, "snapshot.source_version", minimum=0)
         check.check_stream_uuid(snapshot.source_type, "snapshot.source_type")
-        self._run(
-            conn, lambda c: snapshots.record_snapshot(c, self._sql, self.serializer, snapshot)
-        )
+        data, metadata = check.serialize_snapshot(snapshot, self.serializer)
+        self._run(conn, lambda c: snapshots.record_snapshot(c, self._sql, snapshot, data, metadata))
 
     def read_snapshot(self, source_uuid: str, *, conn: ConnLike | None = None) -> SnapshotData:
         """The latest snapshot of ``source_uuid`` (SnapshotNotFoundError if none)."""

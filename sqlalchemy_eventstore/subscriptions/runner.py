@@ -43,6 +43,11 @@ logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 T = TypeVar("T")
 Key = tuple[str, str]
 
+# How often the advisory-lock session is checked (a round trip) while
+# persistent subscriptions run: the longest a process keeps delivering after
+# its lock session died.
+LOCK_CHECK_INTERVAL = 0.5
+
 
 @dataclass
 class PersistentOptions:
@@ -108,6 +113,7 @@ class Runner:
             session_url, store.schema, application_name=f"eventstore-locks-{store.schema}"
         )
         self._stopping = False
+        self._next_lock_check = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"eventstore-runner-{store.schema}", daemon=True
         )
@@ -232,9 +238,11 @@ class Runner:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None:
                 return
+            if event_number <= sub.state.checkpoint:
+                return  # already covered (a redelivery after a restart, say)
             sub.state.ack(id(handle), event_number)
             sub.last_ack_at = time.monotonic()
-            self._pump(sub)
+            self._pump_safely(sub)
 
         self.call(record)
 
@@ -252,7 +260,7 @@ class Runner:
                         self._release(sub)
                         del self._persistent[key]
                     else:
-                        self._pump(sub)
+                        self._pump_safely(sub)
             handle._stop()
 
         self.call(remove)
@@ -270,7 +278,10 @@ class Runner:
         def shutdown() -> list[Subscription]:
             handles = []
             for sub in list(self._persistent.values()):
-                self._release(sub)
+                try:
+                    self._release(sub)
+                except Exception:
+                    logger.exception("could not write the checkpoint of %r at close", sub.name)
                 handles.extend(sub.handles)
             handles.extend(t.handle for t in self._transients)
             self._persistent.clear()
@@ -297,19 +308,19 @@ class Runner:
 
     def _release(self, sub: _Persistent) -> None:
         """Write the checkpoint (whatever the threshold) and give up the lock."""
-        if sub.state is not None and sub.state.checkpoint_pending:
-            self._write_checkpoint(sub)
-        if sub.subscription_id is not None:
-            self._locks.unlock(sub.subscription_id)
-        sub.state = None
+        try:
+            if sub.state is not None and sub.state.checkpoint_pending:
+                self._write_checkpoint(sub)
+        finally:
+            if sub.subscription_id is not None:
+                self._locks.unlock(sub.subscription_id)
+            sub.state = None
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if self._persistent and not self._locks.check():
-            for sub in self._persistent.values():
-                if sub.state is not None:
-                    logger.warning("subscription %r lost its lock; stopping delivery", sub.name)
-                    self._drop_state(sub)
+        if self._persistent and now >= self._next_lock_check:
+            self._next_lock_check = now + LOCK_CHECK_INTERVAL
+            self._check_locks()
         for sub in list(self._persistent.values()):
             if sub.state is None:
                 if now >= sub.next_attempt:
@@ -323,6 +334,16 @@ class Runner:
                 and now - sub.last_ack_at >= after
             ):
                 self._write_checkpoint(sub)
+
+    def _check_locks(self) -> None:
+        """A lost lock session means every lock is gone: stop delivering until
+        each subscription holds its lock again."""
+        if self._locks.check():
+            return
+        for sub in self._persistent.values():
+            if sub.state is not None:
+                logger.warning("subscription %r lost its lock; stopping delivery", sub.name)
+                self._drop_state(sub)
 
     def _drop_state(self, sub: _Persistent) -> None:
         """Lost the lock: forget in-memory progress; storage has the checkpoint."""
@@ -367,6 +388,14 @@ class Runner:
             sub.state.add_subscriber(id(handle))
             handle._set_subscribed()
         self._pump(sub)
+
+    def _pump_safely(self, sub: _Persistent) -> None:
+        """Pump for a caller whose own work already succeeded (an ack): a storage
+        failure here is logged and retried by the next pass, not raised."""
+        try:
+            self._pump(sub)
+        except Exception:
+            logger.warning("subscription %r could not pump; will retry", sub.name, exc_info=True)
 
     def _pump(self, sub: _Persistent) -> None:
         """Read from storage while behind, dispatch, and checkpoint when due."""
@@ -428,7 +457,7 @@ class Runner:
             return  # a soft delete: no events
         if not self._interested(stream_uuid):
             return
-        self._publish_up_to(stream_uuid, notification.last_version)
+        self._publish_up_to(stream_uuid, notification.first_version - 1, notification.last_version)
 
     def _on_reconnect(self) -> None:
         """Notifications may have been missed: publish whatever storage has beyond
@@ -436,20 +465,29 @@ class Runner:
         for stream_uuid in {t.stream_uuid for t in self._transients} | {
             s.stream_uuid for s in self._persistent.values()
         }:
-            self._publish_up_to(stream_uuid, None)
+            self._publish_up_to(stream_uuid, None, None)
         for sub in self._persistent.values():
             if sub.state is not None:
                 sub.state.behind = True
 
-    def _publish_up_to(self, stream_uuid: str, last: int | None) -> None:
-        """Read the stream once past its published position and fan out."""
-        if stream_uuid == ALL_STREAM:
-            if self._all_position is None:
-                self._all_position = 0 if last is None else last
+    def _publish_up_to(self, stream_uuid: str, after: int | None, last: int | None) -> None:
+        """Read the stream once past its published position and fan out.
+
+        ``after`` is where to start when no position is known yet (the
+        notification's first version - 1): only subscribers that track their
+        own position (persistent ones) are interested then, and they fall back
+        to storage on any gap.
+        """
+        known = (
+            self._all_position
+            if stream_uuid == ALL_STREAM
+            else (self._stream_positions.get(stream_uuid))
+        )
+        if known is None:
+            if after is None:
                 return
-            position = self._all_position
-        else:
-            position = self._stream_positions.get(stream_uuid, 0)
+            known = after
+        position = known
         while last is None or position < last:
             count = 1000 if last is None else min(1000, last - position)
             events = self._read(stream_uuid, position + 1, count)

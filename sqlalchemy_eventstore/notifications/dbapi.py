@@ -1,0 +1,140 @@
+"""The raw DBAPI connection the listener holds, for psycopg2 and psycopg 3 alike.
+
+A pooled SQLAlchemy connection cannot hold a LISTEN (the pool would hand it
+to someone else, and PgBouncer in transaction mode drops it), so the listener
+opens its own connection from the store's URL. This module hides the two
+drivers' differences -- how LISTEN is quoted, how notifications are read
+without blocking -- behind the few calls the listener makes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from sqlalchemy.engine import URL
+
+__all__ = ["Connection", "opener"]
+
+# libpq options for noticing a dead peer. Keepalives cover an idle socket;
+# tcp_user_timeout (libpq >= 12) covers the idle check's SELECT 1 waiting on a
+# network that silently dropped it. libpq ignores both on Unix sockets. A
+# URL's own values win (setdefault).
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+_TCP_USER_TIMEOUT_MS = 15_000
+_CONNECT_TIMEOUT_S = 5  # bounds how long one connect attempt (and so stop()) can block
+
+
+class Connection(Protocol):
+    """A DBAPI connection reduced to what the listener thread does with it."""
+
+    def fileno(self) -> int: ...
+
+    def listen(self, channel: str) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def drain(self) -> list[str]:
+        """The payloads received so far, read without blocking."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class _Psycopg2Connection:
+    def __init__(self, params: dict[str, Any]) -> None:
+        import psycopg2
+
+        self._conn = psycopg2.connect(**params)
+        try:
+            self._conn.autocommit = True  # LISTEN takes effect at once, outside a transaction
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def fileno(self) -> int:
+        return int(self._conn.fileno())
+
+    def listen(self, channel: str) -> None:
+        from psycopg2 import sql
+
+        with self._conn.cursor() as cursor:
+            cursor.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    def ping(self) -> None:
+        with self._conn.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    def drain(self) -> list[str]:
+        self._conn.poll()  # reads what the socket holds; raises if the server is gone
+        payloads = [str(notify.payload) for notify in self._conn.notifies]
+        del self._conn.notifies[:]
+        return payloads
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class _PsycopgConnection:
+    def __init__(self, params: dict[str, Any]) -> None:
+        import psycopg
+
+        self._conn = psycopg.connect(**params, autocommit=True)
+
+    def fileno(self) -> int:
+        return self._conn.fileno()
+
+    def listen(self, channel: str) -> None:
+        from psycopg import sql
+
+        self._conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+
+    def ping(self) -> None:
+        self._conn.execute("SELECT 1")
+
+    def drain(self) -> list[str]:
+        # timeout=0: yields what arrived (also during ping/LISTEN), never waits.
+        return [notify.payload for notify in self._conn.notifies(timeout=0)]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def opener(url: URL, application_name: str) -> Callable[[], Connection]:
+    """A function opening a connection to ``url`` with the driver it names.
+
+    The keyword arguments come from SQLAlchemy's own dialect, so the listener
+    connects exactly as an engine on the same URL would (``?host=/socket/dir``,
+    several hosts, sslmode and other query options included).
+    """
+    if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
+        url = url.set(drivername="postgresql+psycopg2")
+    elif url.drivername != "postgresql+psycopg":
+        raise ValueError(
+            "the listener needs a postgresql+psycopg2 or postgresql+psycopg URL, "
+            f"got drivername {url.drivername!r}"
+        )
+    _, params = url.get_dialect()().create_connect_args(url)
+    params = dict(params)
+    params["application_name"] = application_name  # how pg_stat_activity shows the listener
+    params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
+    for key, value in _KEEPALIVES.items():
+        params.setdefault(key, value)
+
+    if url.drivername == "postgresql+psycopg":
+        import psycopg
+
+        if psycopg.pq.version() >= 120000:
+            params.setdefault("tcp_user_timeout", _TCP_USER_TIMEOUT_MS)
+        return lambda: _PsycopgConnection(params)
+
+    import psycopg2
+
+    if psycopg2.__libpq_version__ >= 120000:
+        params.setdefault("tcp_user_timeout", _TCP_USER_TIMEOUT_MS)
+    return lambda: _Psycopg2Connection(params)

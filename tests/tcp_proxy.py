@@ -1,0 +1,91 @@
+"""A TCP forwarder to the test server whose link can be cut and restored.
+
+Real sockets and threads: ``cut()`` closes every forwarded connection and
+refuses new ones (a server restart or a network outage, as a client sees
+it); ``restore()`` lets connections through again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from typing import Any
+
+from sqlalchemy.engine import URL
+
+
+class GateProxy:
+    def __init__(self, server_url: URL) -> None:
+        host = server_url.host or server_url.query.get("host")
+        assert isinstance(host, str)
+        port = server_url.port or 5432
+        if host.startswith("/"):
+            self._upstream: tuple[int, Any] = (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}")
+        else:
+            self._upstream = (socket.AF_INET, (host, port))
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self._server.settimeout(0.1)
+        self.port: int = self._server.getsockname()[1]
+        self._lock = threading.Lock()
+        self._open = threading.Event()
+        self._open.set()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def url_for(self, url: URL) -> URL:
+        """``url`` routed through this proxy."""
+        return url.difference_update_query(["host"]).set(host="127.0.0.1", port=self.port)
+
+    def _spawn(self, target: Any, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name="test-proxy", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if not self._open.is_set():
+                client.close()  # refused while cut
+                continue
+            client.settimeout(None)
+            upstream = socket.socket(self._upstream[0], socket.SOCK_STREAM)
+            upstream.connect(self._upstream[1])
+            with self._lock:
+                self._sockets += [client, upstream]
+            self._spawn(self._pump, client, upstream)
+            self._spawn(self._pump, upstream, client)
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                target.sendall(data)
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self._open.clear()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def restore(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.cut()
+        for thread in self._threads:
+            thread.join(5)
+        self._server.close()
