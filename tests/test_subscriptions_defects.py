@@ -76,7 +76,7 @@ def test_checkpoint_timer_during_catch_up_never_skips_unacked_events(make_store,
 
     again = store.subscribe_to_all_streams("timed", buffer_size=5)
     assert again.wait_subscribed(WAIT)
-    assert [e.event_number for e in again.receive(timeout=WAIT)][0] == 4
+    assert again.receive(timeout=WAIT)[0].event_number == 4
 
 
 @pytest.fixture
