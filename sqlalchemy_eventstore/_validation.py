@@ -13,6 +13,7 @@ from ._types import (
     EventData,
     ExpectedVersion,
     RecordedEvent,
+    SnapshotData,
 )
 from .serializers import Serializer, type_name
 
@@ -24,6 +25,7 @@ __all__ = [
     "check_uuid",
     "event_ids_to_link",
     "prepare_events",
+    "serialize_snapshot",
 ]
 
 # Values that are plain data, not "an instance of a class" an event type can be
@@ -138,6 +140,17 @@ def prepare_events(events: Any, serializer: Serializer) -> dict[str, list[Any]]:
             else _serialize(serializer, event.metadata, None, f"{where}.metadata")
         )
     return columns
+
+
+def serialize_snapshot(snapshot: SnapshotData, serializer: Serializer) -> tuple[Any, Any]:
+    """A snapshot's data and metadata as column values; errors name the field."""
+    data = _serialize(serializer, snapshot.data, snapshot.source_type, "snapshot.data")
+    metadata = (
+        None
+        if snapshot.metadata is None
+        else _serialize(serializer, snapshot.metadata, None, "snapshot.metadata")
+    )
+    return data, metadata
 
 
 def event_ids_to_link(events_or_event_ids: Any) -> list[str]:

@@ -126,13 +126,14 @@ class JsonbSerializer:
     column_data_type: ClassVar[str] = "jsonb"
 
     def serialize(self, term: Any, type: str | None = None) -> str:
-        return json.dumps(term, default=_default, separators=(",", ":"))
+        # jsonb refuses NaN/Infinity: fail here (ValueError), not in the database.
+        return json.dumps(term, default=_default, separators=(",", ":"), allow_nan=False)
 
     def deserialize(self, data: Any, type: str | None = None) -> Any:
+        # The drivers decode jsonb already: a str is a JSON string value, not
+        # JSON text (decoding it again would break "abc" and turn "123" into 123).
         if isinstance(data, (bytes, bytearray, memoryview)):
             data = json.loads(bytes(data))
-        elif isinstance(data, str):
-            data = json.loads(data)
         return _to_instance(data, type)
 
 
@@ -170,8 +171,9 @@ class MarshmallowSerializer:
         schema = self._schema(type)
         if schema is not None:
             term = schema.dump(term)
-        text = json.dumps(term, default=_default, separators=(",", ":"))
-        return text.encode() if self.column_data_type == "bytea" else text
+        jsonb = self.column_data_type == "jsonb"
+        text = json.dumps(term, default=_default, separators=(",", ":"), allow_nan=not jsonb)
+        return text if jsonb else text.encode()
 
     def deserialize(self, data: Any, type: str | None = None) -> Any:
         if isinstance(data, (bytes, bytearray, memoryview)):

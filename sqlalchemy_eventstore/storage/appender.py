@@ -91,8 +91,9 @@ def append(
     """Append prepared events in one statement; returns the stream's new version."""
     count = len(events["event_ids"])
     params = {"stream_uuid": stream_uuid, "count": count, **events, **_version_params(expected)}
+    statement = sql.append if params["may_create"] else sql.append_existing
     for _attempt in range(2):
-        row = _execute(conn, sql.append, params)
+        row = _execute(conn, statement, params)
         if row[0] is not None:
             return int(row[1]) + count
         # Nothing written. Either the expected version does not hold, or the

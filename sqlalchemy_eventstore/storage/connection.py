@@ -36,8 +36,8 @@ def connection(engine: Engine, conn: ConnLike | None, *, transaction: bool) -> I
             with engine.begin() as own:
                 yield own
         else:
-            with engine.connect() as own:
-                yield own.execution_options(isolation_level="AUTOCOMMIT")
+            with engine.connect() as own, _autocommit(own):
+                yield own
     elif isinstance(conn, Session):
         yield conn.connection()
     elif isinstance(conn, Connection):
@@ -46,6 +46,30 @@ def connection(engine: Engine, conn: ConnLike | None, *, transaction: bool) -> I
         raise TypeError(
             f"conn must be a SQLAlchemy Session or Connection, got {type(conn).__name__}"
         )
+
+
+@contextmanager
+def _autocommit(conn: Connection) -> Iterator[None]:
+    """Autocommit on the driver connection, restored before it returns to the pool.
+
+    Not ``execution_options(isolation_level="AUTOCOMMIT")``: on psycopg2 that
+    costs a round trip per operation, since SQLAlchemy resets the connection to
+    an explicit READ COMMITTED at check-in and psycopg2, leaving autocommit with
+    an explicit level, sends ``SET default_transaction_isolation``. Flipping
+    the DBAPI ``autocommit`` attribute leaves the isolation level alone, so it
+    sends nothing (psycopg2 at its default level, psycopg 3 always); statements
+    run exactly as under SQLAlchemy's AUTOCOMMIT, whose begin and rollback are
+    no-ops on the driver too.
+    """
+    dbapi_conn: Any = conn.connection.dbapi_connection
+    previous = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    try:
+        yield
+    finally:
+        # A lost connection is invalidated (and closed) by SQLAlchemy: leave it.
+        if not conn.invalidated and not dbapi_conn.closed:
+            dbapi_conn.autocommit = previous
 
 
 def _sqlstate(error: DBAPIError) -> str | None:

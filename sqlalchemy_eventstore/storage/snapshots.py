@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import Connection
 
 from .._types import SnapshotData
@@ -14,19 +16,20 @@ __all__ = ["delete_snapshot", "read_snapshot", "record_snapshot"]
 
 
 def record_snapshot(
-    conn: Connection, sql: Statements, serializer: Serializer, snapshot: SnapshotData
+    conn: Connection, sql: Statements, snapshot: SnapshotData, data: Any, metadata: Any
 ) -> None:
-    """Insert or replace the snapshot of ``snapshot.source_uuid``."""
+    """Insert or replace the snapshot of ``snapshot.source_uuid``.
+
+    ``data`` and ``metadata`` are the snapshot's, already serialized.
+    """
     conn.exec_driver_sql(
         sql.record_snapshot,
         {
             "source_uuid": snapshot.source_uuid,
             "source_version": snapshot.source_version,
             "source_type": snapshot.source_type,
-            "data": serializer.serialize(snapshot.data, snapshot.source_type),
-            "metadata": None
-            if snapshot.metadata is None
-            else serializer.serialize(snapshot.metadata, None),
+            "data": data,
+            "metadata": metadata,
             "created_at": snapshot.created_at,
         },
     )

@@ -236,8 +236,8 @@ class Runner:
     def ack(self, key: Key, handle: Subscription, event_number: int) -> None:
         def record() -> None:
             sub = self._persistent.get(key)
-            if sub is None or sub.state is None:
-                return
+            if sub is None or sub.state is None or handle not in sub.handles:
+                return  # not subscribed (any more): its events went back to the queue
             if event_number <= sub.state.checkpoint:
                 return  # already covered (a redelivery after a restart, say)
             sub.state.ack(id(handle), event_number)
