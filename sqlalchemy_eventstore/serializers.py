@@ -68,6 +68,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
 
 
+# One encoder each, built once: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(default=_default, separators=(",", ":")).encode
+# jsonb cannot hold NaN or Infinity: refuse them before any SQL runs.
+_ENCODE_STRICT = json.JSONEncoder(default=_default, separators=(",", ":"), allow_nan=False).encode
+
+
 def _resolve_type(name: str | None) -> type | None:
     """The dataclass named ``module.qualname`` if its module is already imported.
 
@@ -114,7 +120,7 @@ class JsonSerializer:
     column_data_type: ClassVar[str] = "bytea"
 
     def serialize(self, term: Any, type: str | None = None) -> bytes:
-        return json.dumps(term, default=_default, separators=(",", ":")).encode()
+        return _ENCODE(term).encode()
 
     def deserialize(self, data: Any, type: str | None = None) -> Any:
         return _to_instance(json.loads(bytes(data)), type)
@@ -127,7 +133,7 @@ class JsonbSerializer:
 
     def serialize(self, term: Any, type: str | None = None) -> str:
         # jsonb refuses NaN/Infinity: fail here (ValueError), not in the database.
-        return json.dumps(term, default=_default, separators=(",", ":"), allow_nan=False)
+        return _ENCODE_STRICT(term)
 
     def deserialize(self, data: Any, type: str | None = None) -> Any:
         # The drivers decode jsonb already: a str is a JSON string value, not
@@ -172,7 +178,7 @@ class MarshmallowSerializer:
         if schema is not None:
             term = schema.dump(term)
         jsonb = self.column_data_type == "jsonb"
-        text = json.dumps(term, default=_default, separators=(",", ":"), allow_nan=not jsonb)
+        text = _ENCODE_STRICT(term) if jsonb else _ENCODE(term)
         return text if jsonb else text.encode()
 
     def deserialize(self, data: Any, type: str | None = None) -> Any:

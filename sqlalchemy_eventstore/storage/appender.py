@@ -28,15 +28,17 @@ PreparedEvents = dict[str, list[Any]]
 
 
 def _version_params(expected: ExpectedVersion) -> dict[str, Any]:
-    """How the append statement treats each kind of expected version."""
+    """How the statements treat each kind of expected version: ``expected`` is
+    the version the stream's row must have (< 0: any), ``may_create`` whether a
+    missing stream is created."""
     if expected is ANY_VERSION:
-        return {"may_update": True, "may_create": True, "expected": -1}
+        return {"may_create": True, "expected": -1}
     if expected is STREAM_EXISTS:
-        return {"may_update": True, "may_create": False, "expected": -1}
+        return {"may_create": False, "expected": -1}
     if expected is NO_STREAM or expected == 0:
         # A stream row at version 0 counts as absent, as in the reference.
-        return {"may_update": True, "may_create": True, "expected": 0}
-    return {"may_update": True, "may_create": False, "expected": expected}
+        return {"may_create": True, "expected": 0}
+    return {"may_create": False, "expected": expected}
 
 
 def check_expected_version(
@@ -72,8 +74,9 @@ def check_expected_version(
 
 
 def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+    """The statement's row (None when it returned none), database errors translated."""
     try:
-        return conn.exec_driver_sql(sql, params).one()
+        return conn.exec_driver_sql(sql, params).first()
     except DBAPIError as error:
         translated = translate_db_error(error)
         if translated is None:
@@ -90,16 +93,27 @@ def append(
 ) -> int:
     """Append prepared events in one statement; returns the stream's new version."""
     count = len(events["event_ids"])
-    params = {"stream_uuid": stream_uuid, "count": count, **events, **_version_params(expected)}
-    statement = sql.append if params["may_create"] else sql.append_existing
+    versions = _version_params(expected)
+    statement = sql.append if versions["may_create"] else sql.append_existing
+    params = {
+        "stream_uuid": stream_uuid,
+        "count": count,
+        "expected": versions["expected"],
+        **events,
+    }
     for _attempt in range(2):
         row = _execute(conn, statement, params)
-        if row[0] is not None:
+        if row is not None:
             return int(row[1]) + count
         # Nothing written. Either the expected version does not hold, or the
-        # stream was created or deleted between the statement's snapshot and
-        # its row lock: then one retry, with a fresh snapshot, decides.
-        error = check_expected_version(expected, stream_uuid, row[2], row[3], row[4])
+        # stream was created or deleted concurrently (between the statement's
+        # snapshot and its row lock): then one retry, with a fresh snapshot,
+        # decides. The state read here is as fresh as the retry's would be.
+        state = conn.exec_driver_sql(sql.stream_info, {"stream_uuid": stream_uuid}).first()
+        current_id, current_version, deleted = (
+            (None, None, False) if state is None else (state[0], state[2], state[4] is not None)
+        )
+        error = check_expected_version(expected, stream_uuid, current_id, current_version, deleted)
         if error is not None:
             raise error
     raise WrongExpectedVersionError(f"stream {stream_uuid!r} changed concurrently")

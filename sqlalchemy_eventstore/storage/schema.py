@@ -1,23 +1,51 @@
 """Creating an event store schema: tables, functions, triggers, the ``$all`` row.
 
 The functions and triggers are the reference's (v1.4) text for text, so a
-database initialised here behaves identically under the Elixir library.
+database initialised here behaves identically under the Elixir library. Every
+path that builds the schema -- ``EventStore.init()``, the Alembic branch (online
+and ``--sql``) and the upgrades of older databases -- takes its DDL from here.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import Connection, text
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..models import metadata_for
 
-__all__ = ["SCHEMA_VERSION", "create_schema", "function_and_trigger_ddl", "quote_ident"]
+__all__ = [
+    "SCHEMA_LOCK_KEY",
+    "SCHEMA_VERSION",
+    "create_schema",
+    "delete_function_ddl",
+    "drop_schema_ddl",
+    "exception_function_ddl",
+    "function_and_trigger_ddl",
+    "lock_schema_changes",
+    "notification_trigger_ddl",
+    "notify_function_ddl",
+    "protection_trigger_ddl",
+    "quote_ident",
+    "record_version_ddl",
+    "schema_ddl",
+    "schema_exists",
+    "table_ddl",
+]
 
 #: The reference's schema version that this layout corresponds to.
 SCHEMA_VERSION = (1, 3, 2)
 
-# Any constant works as long as every initialiser uses the same one: it only
-# has to keep two concurrent ``init()`` calls from both creating the schema.
-_INIT_LOCK_KEY = 0x6576_7374  # "evst"
+#: Key of the advisory lock held by whatever creates or changes a schema:
+#: ``init()`` and the Alembic branch take it for their transaction, the
+#: ``migrate`` command for its session. Any constant works as long as every one
+#: of them uses the same: it keeps two concurrent initialisers from both
+#: creating the schema (``CREATE SCHEMA IF NOT EXISTS`` alone is not safe against
+#: a concurrent twin) and two migrations from applying the same step twice.
+SCHEMA_LOCK_KEY = 0x6576_7374  # "evst"
+
+_TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "schema_migrations")
+_FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
 
 
 def quote_ident(name: str) -> str:
@@ -25,11 +53,25 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def function_and_trigger_ddl(schema: str) -> list[str]:
-    """The reference's functions and triggers, created inside ``schema``."""
+def table_ddl(schema: str, column_data_type: str) -> list[str]:
+    """``CREATE TABLE``/``CREATE INDEX`` of the models, inside ``schema``.
+
+    The statements ``metadata.create_all()`` would send, compiled once for
+    PostgreSQL so that they can also be printed (Alembic's ``--sql`` mode).
+    """
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    statements: list[str] = []
+    for table in metadata_for(column_data_type, schema).sorted_tables:
+        statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+        for index in sorted(table.indexes, key=lambda index: str(index.name)):
+            statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
+    return statements
+
+
+def exception_function_ddl(schema: str) -> str:
+    """The trigger function that refuses a statement (UPDATE of events)."""
     s = quote_ident(schema)
-    return [
-        f"""
+    return f"""
         CREATE OR REPLACE FUNCTION {s}.event_store_exception()
           RETURNS trigger AS $$
         DECLARE
@@ -40,10 +82,15 @@ def function_and_trigger_ddl(schema: str) -> list[str]:
           RAISE EXCEPTION USING MESSAGE = message;
         END;
         $$ LANGUAGE plpgsql;
-        """,
-        # DELETE is refused unless the transaction or session turned on
-        # ``eventstore.enable_hard_deletes`` (the store does, around a hard delete).
-        f"""
+        """
+
+
+def delete_function_ddl(schema: str) -> str:
+    """The trigger function that refuses DELETE unless hard deletes are on."""
+    s = quote_ident(schema)
+    # DELETE is refused unless the transaction or session turned on
+    # ``eventstore.enable_hard_deletes`` (the store does, around a hard delete).
+    return f"""
         CREATE OR REPLACE FUNCTION {s}.event_store_delete()
           RETURNS trigger AS $$
         DECLARE
@@ -62,7 +109,13 @@ def function_and_trigger_ddl(schema: str) -> list[str]:
           END IF;
         END;
         $$ LANGUAGE plpgsql;
-        """,
+        """
+
+
+def protection_trigger_ddl(schema: str) -> list[str]:
+    """The five triggers that keep events, stream events and streams append-only."""
+    s = quote_ident(schema)
+    return [
         f"""
         CREATE TRIGGER no_delete_streams
         BEFORE DELETE ON {s}.streams
@@ -93,11 +146,17 @@ def function_and_trigger_ddl(schema: str) -> list[str]:
         FOR EACH STATEMENT
         EXECUTE PROCEDURE {s}.event_store_exception('Cannot update stream events');
         """,
-        # The NOTIFY that drives subscriptions. It fires once per streams row an
-        # append touches (the stream's and $all's), after the row changed, and
-        # Postgres delivers it only when the transaction commits -- so listeners
-        # never hear of events that a rollback discarded.
-        f"""
+    ]
+
+
+def notify_function_ddl(schema: str) -> str:
+    """The NOTIFY function behind subscriptions."""
+    s = quote_ident(schema)
+    # The NOTIFY that drives subscriptions. It fires once per streams row an
+    # append touches (the stream's and $all's), after the row changed, and
+    # Postgres delivers it only when the transaction commits -- so listeners
+    # never hear of events that a rollback discarded.
+    return f"""
         CREATE OR REPLACE FUNCTION {s}.notify_events()
           RETURNS trigger AS $$
         DECLARE
@@ -127,20 +186,78 @@ def function_and_trigger_ddl(schema: str) -> list[str]:
             RETURN NULL;
         END;
         $$ LANGUAGE plpgsql;
-        """,
-        f"""
-        INSERT INTO {s}.streams (stream_id, stream_uuid, stream_version) VALUES (0, '$all', 0);
-        """,
-        f"""
+        """
+
+
+def notification_trigger_ddl(schema: str) -> str:
+    """The trigger that calls ``notify_events()`` for each changed streams row."""
+    s = quote_ident(schema)
+    return f"""
         CREATE TRIGGER event_notification
         AFTER INSERT OR UPDATE ON {s}.streams
         FOR EACH ROW EXECUTE PROCEDURE {s}.notify_events();
-        """,
+        """
+
+
+def record_version_ddl(schema: str, version: tuple[int, int, int]) -> str:
+    """The ``schema_migrations`` row saying ``version`` is applied."""
+    return f"""
+        INSERT INTO {quote_ident(schema)}.schema_migrations (major_version, minor_version, patch_version)
+        VALUES {version};
+        """
+
+
+def function_and_trigger_ddl(schema: str) -> list[str]:
+    """The reference's functions and triggers, created inside ``schema``."""
+    s = quote_ident(schema)
+    return [
+        exception_function_ddl(schema),
+        delete_function_ddl(schema),
+        *protection_trigger_ddl(schema),
+        notify_function_ddl(schema),
         f"""
-        INSERT INTO {s}.schema_migrations (major_version, minor_version, patch_version)
-        VALUES {SCHEMA_VERSION};
+        INSERT INTO {s}.streams (stream_id, stream_uuid, stream_version) VALUES (0, '$all', 0);
         """,
+        notification_trigger_ddl(schema),
+        record_version_ddl(schema, SCHEMA_VERSION),
     ]
+
+
+def schema_ddl(schema: str, column_data_type: str) -> list[str]:
+    """Every statement that creates an event store in ``schema``, in order."""
+    return [
+        f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}",
+        *table_ddl(schema, column_data_type),
+        *function_and_trigger_ddl(schema),
+    ]
+
+
+def drop_schema_ddl(schema: str) -> list[str]:
+    """Statements that drop the event store's objects from ``schema``, and nothing else.
+
+    The tables go with their indexes, sequences and triggers; then the
+    functions; then the schema itself, but only when it is not ``public`` and
+    nothing else is left in it (``DROP SCHEMA`` without ``CASCADE`` refuses a
+    schema that still holds objects: that refusal is caught, the schema kept).
+    """
+    s = quote_ident(schema)
+    statements = [
+        "DROP TABLE IF EXISTS " + ", ".join(f"{s}.{table}" for table in _TABLES),
+        "DROP FUNCTION IF EXISTS " + ", ".join(f"{s}.{fn}" for fn in _FUNCTIONS),
+    ]
+    if schema != "public":
+        statements.append(
+            f"""
+        DO $eventstore$
+        BEGIN
+          DROP SCHEMA IF EXISTS {s};
+        EXCEPTION WHEN dependent_objects_still_exist THEN
+          NULL;
+        END;
+        $eventstore$
+        """
+        )
+    return statements
 
 
 def schema_exists(conn: Connection, schema: str) -> bool:
@@ -151,6 +268,11 @@ def schema_exists(conn: Connection, schema: str) -> bool:
     return found is not None
 
 
+def lock_schema_changes(conn: Connection) -> None:
+    """Take :data:`SCHEMA_LOCK_KEY` until the caller's transaction ends."""
+    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+
+
 def create_schema(conn: Connection, schema: str, column_data_type: str) -> bool:
     """Create the schema and all its objects unless present; True if created.
 
@@ -159,11 +281,9 @@ def create_schema(conn: Connection, schema: str, column_data_type: str) -> bool:
     commit, then finds the tables and does nothing (``CREATE SCHEMA IF NOT
     EXISTS`` alone is not safe against a concurrent twin).
     """
-    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INIT_LOCK_KEY})
+    lock_schema_changes(conn)
     if schema_exists(conn, schema):
         return False
-    conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}")
-    metadata_for(column_data_type, schema).create_all(conn, checkfirst=False)
-    for statement in function_and_trigger_ddl(schema):
+    for statement in schema_ddl(schema, column_data_type):
         conn.exec_driver_sql(statement)
     return True

@@ -1,0 +1,1 @@
+"""Revisions of the ``eventstore`` branch (Alembic skips this file)."""
