@@ -44,11 +44,14 @@ class Subscription:
         self.subscription_name = subscription_name
         self.handler = handler
         self.transient = transient
-        self._mailbox: queue.Queue[list[Any]] = queue.Queue()
+        # Each batch with the highest event number it holds (what acking it means).
+        self._mailbox: queue.Queue[tuple[list[Any], int]] = queue.Queue()
         self._subscribed = threading.Event()
         self._stopped = threading.Event()
-        # id(mapped value) -> event number, so acks of mapped values resolve.
+        # id(mapped value) -> event number, so a mailbox's acks of mapped values
+        # resolve; guarded by _numbers_lock (the runner adds, acks remove).
         self._numbers: dict[int, int] = {}
+        self._numbers_lock = threading.Lock()
         self._worker: threading.Thread | None = None
         if handler is not None:
             self._worker = threading.Thread(
@@ -62,9 +65,18 @@ class Subscription:
     # -- called by the runner ---------------------------------------------------
 
     def _deliver(self, batch: list[Any], numbers: list[int]) -> None:
-        for value, number in zip(batch, numbers, strict=True):
-            self._numbers[id(value)] = number
-        self._mailbox.put(batch)
+        # Only a mailbox of an ackable subscription acks values it was given; a
+        # handler's batch is acked by its event numbers (mapped values may be
+        # anything, equal ints included), and a plain transient takes no acks.
+        if self.handler is None and not self._plain_transient:
+            with self._numbers_lock:
+                for value, number in zip(batch, numbers, strict=True):
+                    self._numbers[id(value)] = number
+        self._mailbox.put((batch, max(numbers, default=0)))
+
+    @property
+    def _plain_transient(self) -> bool:
+        return self.transient and self.subscription_name is None
 
     def _set_subscribed(self) -> None:
         self._subscribed.set()
@@ -88,7 +100,7 @@ class Subscription:
         if self.handler is not None:
             raise RuntimeError("this subscription has a handler; it receives the events")
         try:
-            return self._mailbox.get(timeout=timeout)
+            return self._mailbox.get(timeout=timeout)[0]
         except queue.Empty:
             raise TimeoutError(f"no events within {timeout} s") from None
 
@@ -96,7 +108,8 @@ class Subscription:
         if isinstance(item, RecordedEvent):
             return item.event_number
         if isinstance(item, bool) or not isinstance(item, int):
-            number = self._numbers.get(id(item))
+            with self._numbers_lock:
+                number = self._numbers.get(id(item))
             if number is None:
                 raise TypeError(
                     "ack takes a batch, a RecordedEvent or an event_number, got "
@@ -110,7 +123,7 @@ class Subscription:
 
         Returns once the acknowledgement is recorded.
         """
-        if self.transient and self.subscription_name is None:
+        if self._plain_transient:
             return  # plain transient subscriptions take no acks
         if isinstance(events, list):
             if not events:
@@ -118,9 +131,13 @@ class Subscription:
             number = max(self._number(item) for item in events)
         else:
             number = self._number(events)
+        self._ack_number(number)
+
+    def _ack_number(self, number: int) -> None:
         self._runner.ack(self._key, self, number)
-        for key in [k for k, n in self._numbers.items() if n <= number]:
-            del self._numbers[key]
+        with self._numbers_lock:
+            for key in [k for k, n in self._numbers.items() if n <= number]:
+                del self._numbers[key]
 
     def unsubscribe(self) -> None:
         """Stop this subscriber; a persistent subscription keeps its checkpoint."""
@@ -133,7 +150,7 @@ class Subscription:
         backoff = 0.05
         while not self._stopped.is_set():
             try:
-                batch = self._mailbox.get(timeout=0.2)
+                batch, last = self._mailbox.get(timeout=0.2)
             except queue.Empty:
                 continue
             while not self._stopped.is_set():
@@ -147,7 +164,8 @@ class Subscription:
                     continue
                 backoff = 0.05
                 try:
-                    self.ack(batch)
+                    if not self._plain_transient:
+                        self._ack_number(last)
                 except Exception:
                     logger.exception("could not acknowledge a handled batch")
                 break

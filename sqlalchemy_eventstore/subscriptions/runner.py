@@ -15,7 +15,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Hashable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -71,6 +71,8 @@ class _Persistent:
     name: str
     options: PersistentOptions
     handles: list[Subscription] = field(default_factory=list)
+    # Each subscriber's own buffer_size (its subscribe call's), by id(handle).
+    buffer_sizes: dict[int, int] = field(default_factory=dict)
     subscription_id: int | None = None
     state: SubscriptionState | None = None
     lock_generation: int = -1
@@ -114,6 +116,9 @@ class Runner:
         )
         self._stopping = False
         self._next_lock_check = 0.0
+        # Streams whose publication failed (a storage error): retried each pass.
+        self._republish: set[str] = set()
+        self._next_republish = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"eventstore-runner-{store.schema}", daemon=True
         )
@@ -129,9 +134,22 @@ class Runner:
         """Run ``work`` on the runner thread and return its result (or raise)."""
         if threading.current_thread() is self._thread:
             return work()
+        if not self._thread.is_alive():
+            raise RuntimeError("the event store's subscriptions are stopped (store closed)")
         future: Future[T] = Future()
         self._inbox.put((work, future))
-        return future.result(timeout)
+        # Poll rather than block: should the runner stop before taking this
+        # work, the caller learns it now instead of after the whole timeout.
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            wait([future], timeout=0.1)
+            if future.done():
+                break
+            if not self._thread.is_alive() and future.cancel():
+                raise RuntimeError("the event store's subscriptions are stopped (store closed)")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the subscription runner did not answer within {timeout} s")
+        return future.result()
 
     def _run(self) -> None:
         while True:
@@ -222,8 +240,9 @@ class Runner:
                         f"subscription {name!r} has its {sub.options.concurrency_limit} subscribers"
                     )
             sub.handles.append(handle)
+            sub.buffer_sizes[id(handle)] = options.buffer_size
             if sub.state is not None:
-                sub.state.add_subscriber(id(handle))
+                sub.state.add_subscriber(id(handle), options.buffer_size)
                 handle._set_subscribed()
             return handle
 
@@ -254,6 +273,7 @@ class Runner:
                 sub = self._persistent.get(key)
                 if sub is not None and handle in sub.handles:
                     sub.handles.remove(handle)
+                    sub.buffer_sizes.pop(id(handle), None)
                     if sub.state is not None:
                         sub.state.remove_subscriber(id(handle))
                     if not sub.handles:
@@ -263,8 +283,14 @@ class Runner:
                         self._pump_safely(sub)
             handle._stop()
 
-        self.call(remove)
+        if not self._thread.is_alive():
+            handle._stop()
+            return  # the store is closed: nothing runs any more
+        # A handler busy with a batch finishes it and acks it first, so a batch
+        # handled before unsubscribe() is never lost; then the subscriber goes.
+        handle._stop()
         handle._join(5)
+        self.call(remove)
 
     def unsubscribe_all(self, key: Key) -> None:
         sub = self.call(lambda: self._persistent.get(key))
@@ -293,6 +319,17 @@ class Runner:
 
         handles: list[Subscription] = []
         if self._thread.is_alive():
+            # Let busy handlers finish (and ack) their batch before the
+            # checkpoints are written, as unsubscribe() does.
+            deadline = time.monotonic() + timeout
+            try:
+                workers = self.call(self._handles, timeout)
+            except Exception:
+                workers = []
+            for handle in workers:
+                handle._stop()
+            for handle in workers:
+                handle._join(max(0.0, deadline - time.monotonic()))
             try:
                 handles = self.call(shutdown, timeout)
             except Exception:
@@ -306,6 +343,10 @@ class Runner:
 
     # -- on the runner thread ---------------------------------------------------------
 
+    def _handles(self) -> list[Subscription]:
+        handles = [h for sub in self._persistent.values() for h in sub.handles]
+        return handles + [t.handle for t in self._transients]
+
     def _release(self, sub: _Persistent) -> None:
         """Write the checkpoint (whatever the threshold) and give up the lock."""
         try:
@@ -318,6 +359,11 @@ class Runner:
 
     def _tick(self) -> None:
         now = time.monotonic()
+        if self._republish and now >= self._next_republish:
+            self._next_republish = now + 0.2
+            for stream_uuid in list(self._republish):
+                self._republish.discard(stream_uuid)
+                self._publish_safely(stream_uuid, None, None)
         if self._persistent and now >= self._next_lock_check:
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
@@ -354,6 +400,12 @@ class Runner:
 
     def _try_start(self, sub: _Persistent, now: float) -> None:
         store = self._store
+        if not self._listener.listening:
+            # Start once LISTEN is active, so that the catch-up read covers every
+            # commit the listener will not notify (it has just been started, or
+            # it is reconnecting).
+            sub.next_attempt = now + 0.05
+            return
         try:
             if sub.options.transient:
                 # Nothing is persisted, so the lock cannot key on a row id: a
@@ -368,6 +420,18 @@ class Runner:
                     )
                 sub.subscription_id = row.subscription_id
             locked = self._locks.try_lock(sub.subscription_id)
+            if locked and not sub.options.transient:
+                # Read the checkpoint again now that the lock is ours: the
+                # previous holder may have acked and released since the read.
+                with store.engine.begin() as conn:
+                    row = rows.subscribe(
+                        conn, store.schema, sub.stream_uuid, sub.name, sub.options.start_from
+                    )
+                if row.subscription_id != sub.subscription_id:
+                    # Deleted and created anew meanwhile: lock the new row next time.
+                    self._locks.unlock(sub.subscription_id)
+                    sub.subscription_id = row.subscription_id
+                    locked = False
         except Exception:
             logger.exception("could not start subscription %r", sub.name)
             locked = False
@@ -385,7 +449,7 @@ class Runner:
         )
         sub.last_ack_at = time.monotonic()
         for handle in sub.handles:
-            sub.state.add_subscriber(id(handle))
+            sub.state.add_subscriber(id(handle), sub.buffer_sizes.get(id(handle)))
             handle._set_subscribed()
         self._pump(sub)
 
@@ -434,11 +498,30 @@ class Runner:
     # -- live publication ------------------------------------------------------------
 
     def _ensure_position(self, stream_uuid: str) -> None:
+        """Publish the stream from its current version on, for a new transient.
+
+        A position kept while no transient subscriber watched the stream may be
+        stale (nobody advanced it), and events appended meanwhile must not reach
+        the newcomer: unless a transient already tracks the stream, start from
+        storage's version. Persistent subscriptions of the stream then re-check
+        storage for anything live publication skips that way.
+        """
+        tracked = any(t.stream_uuid == stream_uuid for t in self._transients)
+        known = (
+            self._all_position
+            if stream_uuid == ALL_STREAM
+            else self._stream_positions.get(stream_uuid)
+        )
+        if tracked and known is not None:
+            return
+        version = self._current_version(stream_uuid)
         if stream_uuid == ALL_STREAM:
-            if self._all_position is None:
-                self._all_position = self._current_version(ALL_STREAM)
-        elif stream_uuid not in self._stream_positions:
-            self._stream_positions[stream_uuid] = self._current_version(stream_uuid)
+            self._all_position = version
+        else:
+            self._stream_positions[stream_uuid] = version
+        for sub in self._persistent.values():
+            if sub.stream_uuid == stream_uuid and sub.state is not None:
+                sub.state.behind = True
 
     def _current_version(self, stream_uuid: str) -> int:
         try:
@@ -457,7 +540,7 @@ class Runner:
             return  # a soft delete: no events
         if not self._interested(stream_uuid):
             return
-        self._publish_up_to(stream_uuid, notification.first_version - 1, notification.last_version)
+        self._publish_safely(stream_uuid, notification.first_version - 1, notification.last_version)
 
     def _on_reconnect(self) -> None:
         """Notifications may have been missed: publish whatever storage has beyond
@@ -465,10 +548,23 @@ class Runner:
         for stream_uuid in {t.stream_uuid for t in self._transients} | {
             s.stream_uuid for s in self._persistent.values()
         }:
-            self._publish_up_to(stream_uuid, None, None)
+            self._publish_safely(stream_uuid, None, None)
         for sub in self._persistent.values():
             if sub.state is not None:
                 sub.state.behind = True
+
+    def _publish_safely(self, stream_uuid: str, after: int | None, last: int | None) -> None:
+        """Publish, and should storage fail, retry from the published position on
+        the next passes (persistent subscriptions re-check storage meanwhile), so
+        a notification is never lost to a storage error."""
+        try:
+            self._publish_up_to(stream_uuid, after, last)
+        except Exception:
+            logger.warning("could not publish events of %r; will retry", stream_uuid, exc_info=True)
+            self._republish.add(stream_uuid)
+            for sub in self._persistent.values():
+                if sub.stream_uuid == stream_uuid and sub.state is not None:
+                    sub.state.behind = True
 
     def _publish_up_to(self, stream_uuid: str, after: int | None, last: int | None) -> None:
         """Read the stream once past its published position and fan out.
@@ -495,6 +591,11 @@ class Runner:
                 break
             position = events[-1].event_number
             self._fan_out(stream_uuid, events)
+            # Recorded per batch: a failure later re-publishes nothing twice.
+            if stream_uuid == ALL_STREAM:
+                self._all_position = position
+            else:
+                self._stream_positions[stream_uuid] = position
             if len(events) < count:
                 break
         if stream_uuid == ALL_STREAM:
@@ -506,11 +607,16 @@ class Runner:
         for t in self._transients:
             if t.stream_uuid != stream_uuid:
                 continue
-            chosen = [e for e in events if t.selector is None or t.selector(e)]
-            if chosen:
+            try:
+                chosen = [e for e in events if t.selector is None or t.selector(e)]
                 values = [t.mapper(e) for e in chosen] if t.mapper else chosen
+            except Exception:
+                # One subscriber's selector or mapper must not hold up the others.
+                logger.exception("a transient subscriber's selector or mapper failed")
+                continue
+            if chosen:
                 t.handle._deliver(values, [e.event_number for e in chosen])
         for sub in self._persistent.values():
             if sub.stream_uuid == stream_uuid and sub.state is not None:
                 sub.state.receive_published(events)
-                self._pump(sub)
+                self._pump_safely(sub)

@@ -74,8 +74,9 @@ class SubscriptionState:
 
     # -- subscribers ---------------------------------------------------------
 
-    def add_subscriber(self, key: Hashable) -> SubscriberSlot:
-        slot = SubscriberSlot(key, self.buffer_size)
+    def add_subscriber(self, key: Hashable, buffer_size: int | None = None) -> SubscriberSlot:
+        """Add a subscriber with its own ``buffer_size`` (default: the subscription's)."""
+        slot = SubscriberSlot(key, self.buffer_size if buffer_size is None else buffer_size)
         self.subscribers.append(slot)
         return slot
 
