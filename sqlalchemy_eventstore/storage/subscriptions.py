@@ -47,15 +47,34 @@ LIMIT 1
 
 
 def store_checkpoint(
-    conn: Connection, schema: str, stream_uuid: str, name: str, last_seen: int
+    conn: Connection,
+    schema: str,
+    stream_uuid: str,
+    name: str,
+    last_seen: int,
+    *,
+    durable: bool = True,
 ) -> None:
     """Write the checkpoint. It only moves forward: a stale writer (a process
-    that lost the subscription's lock) can never move it back."""
+    that lost the subscription's lock) can never move it back.
+
+    ``durable=False`` commits without waiting for the WAL flush (asynchronous
+    commit, this transaction only). Right for the routine writes of a busy
+    subscription: a server crash can lose only the last few, and losing a
+    checkpoint means redelivery, never a skipped event. Writes that callers
+    rely on (at unsubscribe and close) stay durable.
+    """
+    # One statement either way, so an autocommit connection writes it in one
+    # round trip; set_config(..., true) lasts for this statement's transaction.
+    asynchronous = (
+        "" if durable else "AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
+    )
     conn.exec_driver_sql(
         f"""
 UPDATE {quote_ident(schema)}.subscriptions SET last_seen = %(last_seen)s
 WHERE stream_uuid = %(stream_uuid)s AND subscription_name = %(name)s
   AND (last_seen IS NULL OR last_seen < %(last_seen)s)
+  {asynchronous}
 """,
         {"stream_uuid": stream_uuid, "name": name, "last_seen": last_seen},
     )

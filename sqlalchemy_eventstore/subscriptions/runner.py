@@ -30,6 +30,7 @@ from ..errors import (
 from ..notifications.listener import Listener
 from ..notifications.payload import Notification
 from ..storage import subscriptions as rows
+from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks
 from .handle import Handler, Subscription
 from .state import SubscriptionState
@@ -351,7 +352,7 @@ class Runner:
         """Write the checkpoint (whatever the threshold) and give up the lock."""
         try:
             if sub.state is not None and sub.state.checkpoint_pending:
-                self._write_checkpoint(sub)
+                self._write_checkpoint(sub, durable=True)
         finally:
             if sub.subscription_id is not None:
                 self._locks.unlock(sub.subscription_id)
@@ -479,14 +480,18 @@ class Runner:
         if state.checkpoint_due():
             self._write_checkpoint(sub)
 
-    def _write_checkpoint(self, sub: _Persistent) -> None:
+    def _write_checkpoint(self, sub: _Persistent, *, durable: bool = False) -> None:
+        """Persist the checkpoint: asynchronously committed for routine writes
+        (see ``store_checkpoint``), durably when ``durable``."""
         state = sub.state
         if state is None:
             return
         position = state.checkpoint
         if not sub.options.transient:
-            with self._store.engine.begin() as conn:
-                rows.store_checkpoint(conn, self._store.schema, sub.stream_uuid, sub.name, position)
+            with connection(self._store.engine, None, transaction=False) as conn:
+                rows.store_checkpoint(
+                    conn, self._store.schema, sub.stream_uuid, sub.name, position, durable=durable
+                )
         state.persisted_at(position)
 
     def _read(self, stream_uuid: str, start: int, count: int) -> list[RecordedEvent]:

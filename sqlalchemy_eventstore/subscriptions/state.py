@@ -103,10 +103,15 @@ class SubscriptionState:
     # -- receiving -------------------------------------------------------------
 
     def wants_read(self) -> int:
-        """How many events to read from storage now (0: none)."""
+        """How many events to read from storage now (0: none).
+
+        Reads wait until the queue is at most half full, so catching up reads
+        big pages (at least max_size / 2 events) rather than one event per ack.
+        """
         if not self.behind:
             return 0
-        return max(0, self.max_size - len(self.queue))
+        room = self.max_size - len(self.queue)
+        return room if room >= max(1, self.max_size // 2) else 0
 
     def receive_read(self, events: list[RecordedEvent], requested: int) -> None:
         """Events read from storage after ``last_received``; fewer than
@@ -208,17 +213,18 @@ class SubscriptionState:
     def ack(self, key: Hashable, event_number: int) -> None:
         """Acknowledge ``event_number`` and every earlier event sent to ``key``."""
         slot = self._slot(key)
-        if not any(e.event_number == event_number for e in slot.in_flight):
+        sent = [e.event_number for e in slot.in_flight]
+        if event_number not in sent:
             raise UnexpectedAckError(
                 f"event {event_number} was not sent to this subscriber, or is already acked"
             )
-        remaining = []
-        for event in slot.in_flight:
-            if event.event_number <= event_number:
-                self._mark_acked(event.event_number)
-            else:
-                remaining.append(event)
-        slot.in_flight = remaining
+        # "Earlier" is in sending order: with partition_by a later batch may
+        # hold lower event numbers (a partition that waited), which the
+        # subscriber has not handled when it acks the batch before it.
+        upto = sent.index(event_number) + 1
+        for number in sent[:upto]:
+            self._mark_acked(number)
+        slot.in_flight = slot.in_flight[upto:]
         self._advance_checkpoint()
 
     def _mark_acked(self, event_number: int) -> None:
