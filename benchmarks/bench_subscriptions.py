@@ -214,18 +214,46 @@ def run(url: URL, driver: str, appends: int, stored: int, small: int) -> None:
         raw = statistics.median(raw_rates)
 
         rows = [
-            ("latency p50", f"{percentile(lib, 50):.2f} ms", f"{percentile(base, 50):.2f} ms",
-             f"{percentile(lib, 50) / max(percentile(base, 50), 1e-9):.2f}x", "< 5 ms",
-             verdict(percentile(lib, 50) < 5)),
-            ("latency p99", f"{percentile(lib, 99):.2f} ms", f"{percentile(base, 99):.2f} ms",
-             f"{percentile(lib, 99) / max(percentile(base, 99), 1e-9):.2f}x", "< 25 ms",
-             verdict(percentile(lib, 99) < 25)),
-            ("latency mean", f"{statistics.mean(lib):.2f} ms", f"{statistics.mean(base):.2f} ms",
-             f"{statistics.mean(lib) / max(statistics.mean(base), 1e-9):.2f}x", "-", "-"),
-            (f"catch-up {stored:,} (buffer_size=1000)", f"{tuned:,.0f} ev/s", f"{raw:,.0f} ev/s",
-             f"{tuned / raw:.2f}x", ">= 0.5x", verdict(tuned / raw >= 0.5)),
-            (f"catch-up {small:,} (defaults: buffer_size=1)", f"{small_store_rate:,.0f} ev/s",
-             f"{raw:,.0f} ev/s", f"{small_store_rate / raw:.2f}x", "-", "-"),
+            (
+                "latency p50",
+                f"{percentile(lib, 50):.2f} ms",
+                f"{percentile(base, 50):.2f} ms",
+                f"{percentile(lib, 50) / max(percentile(base, 50), 1e-9):.2f}x",
+                "< 5 ms",
+                verdict(percentile(lib, 50) < 5),
+            ),
+            (
+                "latency p99",
+                f"{percentile(lib, 99):.2f} ms",
+                f"{percentile(base, 99):.2f} ms",
+                f"{percentile(lib, 99) / max(percentile(base, 99), 1e-9):.2f}x",
+                "< 25 ms",
+                verdict(percentile(lib, 99) < 25),
+            ),
+            (
+                "latency mean",
+                f"{statistics.mean(lib):.2f} ms",
+                f"{statistics.mean(base):.2f} ms",
+                f"{statistics.mean(lib) / max(statistics.mean(base), 1e-9):.2f}x",
+                "-",
+                "-",
+            ),
+            (
+                f"catch-up {stored:,} (buffer_size=1000)",
+                f"{tuned:,.0f} ev/s",
+                f"{raw:,.0f} ev/s",
+                f"{tuned / raw:.2f}x",
+                ">= 0.5x",
+                verdict(tuned / raw >= 0.5),
+            ),
+            (
+                f"catch-up {small:,} (defaults: buffer_size=1)",
+                f"{small_store_rate:,.0f} ev/s",
+                f"{raw:,.0f} ev/s",
+                f"{small_store_rate / raw:.2f}x",
+                "-",
+                "-",
+            ),
         ]
         print()
         header = ("case", "library", "baseline", "ratio", "target", "result")

@@ -1,6 +1,6 @@
 """Append events to a stream, read them back, and read the global $all stream.
 
-    python examples/quickstart.py        # DATABASE_URL, or a throwaway PostgreSQL
+python examples/quickstart.py        # DATABASE_URL, or a throwaway PostgreSQL
 """
 
 from __future__ import annotations
