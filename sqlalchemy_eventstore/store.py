@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
@@ -14,7 +15,6 @@ from . import _validation as check
 from ._types import (
     ALL_STREAM,
     ANY_VERSION,
-    CURRENT,
     ORIGIN,
     STREAM_EXISTS,
     Page,
@@ -36,7 +36,8 @@ from .storage.schema import create_schema
 from .storage.sql import SORT_COLUMNS, Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
-from .subscriptions.runner import PersistentOptions, Runner
+from .subscriptions.options import FROM_CURRENT, persistent_options
+from .subscriptions.runner import Runner
 
 __all__ = ["EventStore"]
 
@@ -495,54 +496,25 @@ class EventStore:
         acknowledged event, one instance across all processes."""
         stream_uuid = check.check_stream_uuid(stream_uuid)
         name = check.check_stream_uuid(subscription_name, "subscription_name")
-        for label, value in (
-            ("handler", handler),
-            ("selector", selector),
-            ("mapper", mapper),
-            ("partition_by", partition_by),
-        ):
-            check.check_callable(value, label)
-        for label, number in (
-            ("concurrency_limit", concurrency_limit),
-            ("buffer_size", buffer_size),
-            ("max_size", max_size),
-            ("checkpoint_threshold", checkpoint_threshold),
-        ):
-            check.check_int(number, label, minimum=1)
-        if checkpoint_after is not None:
-            if isinstance(checkpoint_after, bool) or not isinstance(checkpoint_after, (int, float)):
-                raise TypeError("checkpoint_after must be a number of seconds or None")
-            if checkpoint_after <= 0:
-                raise ValueError("checkpoint_after must be > 0 seconds")
-        if not isinstance(transient, bool):
-            raise TypeError("transient must be a bool")
-        if start_from is ORIGIN:
-            start = 0
-        elif start_from is CURRENT:
-            start = -1
-        elif isinstance(start_from, bool) or not isinstance(start_from, int):
-            raise TypeError(f"start_from must be ORIGIN, CURRENT or an int, got {start_from!r}")
-        elif start_from < 0:
-            raise ValueError(f"start_from must be >= 0, got {start_from}")
-        else:
-            start = start_from
-        if start == -1:
-            try:
-                start = self.stream_info(stream_uuid).stream_version
-            except (StreamNotFoundError, StreamDeletedError):
-                start = 0
-        options = PersistentOptions(
-            start_from=start,
+        options = persistent_options(
+            handler=handler,
+            start_from=start_from,
             selector=selector,
             mapper=mapper,
             concurrency_limit=concurrency_limit,
             buffer_size=buffer_size,
             max_size=max_size,
             checkpoint_threshold=checkpoint_threshold,
-            checkpoint_after=None if checkpoint_after is None else float(checkpoint_after),
+            checkpoint_after=checkpoint_after,
             partition_by=partition_by,
             transient=transient,
         )
+        if options.start_from == FROM_CURRENT:
+            try:
+                current = self.stream_info(stream_uuid).stream_version
+            except (StreamNotFoundError, StreamDeletedError):
+                current = 0
+            options = replace(options, start_from=current)
         return self._get_runner().subscribe_persistent(stream_uuid, name, handler, options)
 
     def subscribe_to_all_streams(self, subscription_name: str, **options: Any) -> Subscription:

@@ -33,12 +33,13 @@ from ..storage import subscriptions as rows
 from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks
 from .handle import Handler, Subscription
+from .options import PersistentOptions
 from .state import SubscriptionState
 
 if TYPE_CHECKING:
     from ..store import EventStore
 
-__all__ = ["PersistentOptions", "Runner"]
+__all__ = ["Runner"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 T = TypeVar("T")
@@ -48,20 +49,6 @@ Key = tuple[str, str]
 # persistent subscriptions run: the longest a process keeps delivering after
 # its lock session died.
 LOCK_CHECK_INTERVAL = 0.5
-
-
-@dataclass
-class PersistentOptions:
-    start_from: int
-    selector: Callable[[RecordedEvent], Any] | None
-    mapper: Callable[[RecordedEvent], Any] | None
-    concurrency_limit: int
-    buffer_size: int
-    max_size: int
-    checkpoint_threshold: int
-    checkpoint_after: float | None
-    partition_by: Callable[[RecordedEvent], Hashable] | None
-    transient: bool
 
 
 @dataclass(eq=False)
