@@ -19,7 +19,7 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .._types import ALL_STREAM, RecordedEvent
+from .._types import RecordedEvent
 from ..errors import (
     AlreadySubscribedError,
     StreamDeletedError,
@@ -28,7 +28,7 @@ from ..errors import (
     TooManySubscribersError,
 )
 from ..notifications.listener import Listener
-from ..notifications.payload import Notification
+from ..notifications.publisher import Publisher
 from ..storage import subscriptions as rows
 from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks
@@ -68,14 +68,6 @@ class _Persistent:
     last_ack_at: float = 0.0
 
 
-@dataclass(eq=False)
-class _Transient:
-    stream_uuid: str
-    handle: Subscription
-    selector: Callable[[RecordedEvent], Any] | None
-    mapper: Callable[[RecordedEvent], Any] | None
-
-
 def _transient_lock_id(sub: _Persistent) -> int:
     return -(zlib.crc32(f"{sub.stream_uuid}\x00{sub.name}".encode()) & 0x7FFFFFFF) - 1
 
@@ -87,16 +79,14 @@ class Runner:
         self._store = store
         self._inbox: queue.Queue[tuple[Callable[[], Any], Future[Any] | None]] = queue.Queue()
         self._persistent: dict[Key, _Persistent] = {}
-        self._transients: list[_Transient] = []
+        self._publisher = Publisher(self._read, self._current_version, self)
         # How far live publication got: in $all, and per subscribed stream.
-        self._all_position: int | None = None
-        self._stream_positions: dict[str, int] = {}
-        session_url = store.session_mode_url or store.engine.url
+        session_url = store.engine.url
         self._listener = Listener(
             session_url,
             store.schema,
-            on_notification=lambda n: self._post(lambda: self._on_notification(n)),
-            on_reconnect=lambda: self._post(self._on_reconnect),
+            on_notification=lambda n: self._post(lambda: self._publisher.on_notification(n)),
+            on_reconnect=lambda: self._post(self._publisher.on_reconnect),
             name=f"eventstore-listener-{store.schema}",
         )
         self._locks = AdvisoryLocks(
@@ -104,9 +94,6 @@ class Runner:
         )
         self._stopping = False
         self._next_lock_check = 0.0
-        # Streams whose publication failed (a storage error): retried each pass.
-        self._republish: set[str] = set()
-        self._next_republish = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"eventstore-runner-{store.schema}", daemon=True
         )
@@ -189,8 +176,7 @@ class Runner:
         def register() -> Subscription:
             # Start after the current position: the listener is already
             # listening, so every later commit is notified.
-            self._ensure_position(stream_uuid)
-            self._transients.append(_Transient(stream_uuid, handle, selector, mapper))
+            self._publisher.add_transient(stream_uuid, handle, selector, mapper)
             handle._set_subscribed()
             return handle
 
@@ -256,7 +242,7 @@ class Runner:
     def unsubscribe(self, key: Key, handle: Subscription) -> None:
         def remove() -> None:
             if key[1] == "":
-                self._transients = [t for t in self._transients if t.handle is not handle]
+                self._publisher.remove_transient(handle)
             else:
                 sub = self._persistent.get(key)
                 if sub is not None and handle in sub.handles:
@@ -297,9 +283,9 @@ class Runner:
                 except Exception:
                     logger.exception("could not write the checkpoint of %r at close", sub.name)
                 handles.extend(sub.handles)
-            handles.extend(t.handle for t in self._transients)
+            handles.extend(self._transient_handles())
             self._persistent.clear()
-            self._transients.clear()
+            self._publisher.clear()
             self._stopping = True
             for handle in handles:
                 handle._stop()
@@ -333,7 +319,10 @@ class Runner:
 
     def _handles(self) -> list[Subscription]:
         handles = [h for sub in self._persistent.values() for h in sub.handles]
-        return handles + [t.handle for t in self._transients]
+        return handles + self._transient_handles()
+
+    def _transient_handles(self) -> list[Subscription]:
+        return [h for h in self._publisher.transient_handles() if isinstance(h, Subscription)]
 
     def _release(self, sub: _Persistent) -> None:
         """Write the checkpoint (whatever the threshold) and give up the lock."""
@@ -347,11 +336,7 @@ class Runner:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if self._republish and now >= self._next_republish:
-            self._next_republish = now + 0.2
-            for stream_uuid in list(self._republish):
-                self._republish.discard(stream_uuid)
-                self._publish_safely(stream_uuid, None, None)
+        self._publisher.retry_failed()
         if self._persistent and now >= self._next_lock_check:
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
@@ -487,33 +472,7 @@ class Runner:
         except (StreamNotFoundError, StreamDeletedError):
             return []
 
-    # -- live publication ------------------------------------------------------------
-
-    def _ensure_position(self, stream_uuid: str) -> None:
-        """Publish the stream from its current version on, for a new transient.
-
-        A position kept while no transient subscriber watched the stream may be
-        stale (nobody advanced it), and events appended meanwhile must not reach
-        the newcomer: unless a transient already tracks the stream, start from
-        storage's version. Persistent subscriptions of the stream then re-check
-        storage for anything live publication skips that way.
-        """
-        tracked = any(t.stream_uuid == stream_uuid for t in self._transients)
-        known = (
-            self._all_position
-            if stream_uuid == ALL_STREAM
-            else self._stream_positions.get(stream_uuid)
-        )
-        if tracked and known is not None:
-            return
-        version = self._current_version(stream_uuid)
-        if stream_uuid == ALL_STREAM:
-            self._all_position = version
-        else:
-            self._stream_positions[stream_uuid] = version
-        for sub in self._persistent.values():
-            if sub.stream_uuid == stream_uuid and sub.state is not None:
-                sub.state.behind = True
+    # -- the publisher's view of persistent subscriptions (LiveTargets) -----------------
 
     def _current_version(self, stream_uuid: str) -> int:
         try:
@@ -521,94 +480,21 @@ class Runner:
         except (StreamNotFoundError, StreamDeletedError):
             return 0
 
-    def _interested(self, stream_uuid: str) -> bool:
-        return any(t.stream_uuid == stream_uuid for t in self._transients) or any(
+    def live_streams(self) -> set[str]:
+        return {s.stream_uuid for s in self._persistent.values()}
+
+    def interested(self, stream_uuid: str) -> bool:
+        return any(
             s.stream_uuid == stream_uuid and s.state is not None for s in self._persistent.values()
         )
 
-    def _on_notification(self, notification: Notification) -> None:
-        stream_uuid = notification.stream_uuid
-        if notification.last_version < notification.first_version:
-            return  # a soft delete: no events
-        if not self._interested(stream_uuid):
-            return
-        self._publish_safely(stream_uuid, notification.first_version - 1, notification.last_version)
-
-    def _on_reconnect(self) -> None:
-        """Notifications may have been missed: publish whatever storage has beyond
-        each position, then let persistent subscriptions re-check storage."""
-        for stream_uuid in {t.stream_uuid for t in self._transients} | {
-            s.stream_uuid for s in self._persistent.values()
-        }:
-            self._publish_safely(stream_uuid, None, None)
-        for sub in self._persistent.values():
-            if sub.state is not None:
-                sub.state.behind = True
-
-    def _publish_safely(self, stream_uuid: str, after: int | None, last: int | None) -> None:
-        """Publish, and should storage fail, retry from the published position on
-        the next passes (persistent subscriptions re-check storage meanwhile), so
-        a notification is never lost to a storage error."""
-        try:
-            self._publish_up_to(stream_uuid, after, last)
-        except Exception:
-            logger.warning("could not publish events of %r; will retry", stream_uuid, exc_info=True)
-            self._republish.add(stream_uuid)
-            for sub in self._persistent.values():
-                if sub.stream_uuid == stream_uuid and sub.state is not None:
-                    sub.state.behind = True
-
-    def _publish_up_to(self, stream_uuid: str, after: int | None, last: int | None) -> None:
-        """Read the stream once past its published position and fan out.
-
-        ``after`` is where to start when no position is known yet (the
-        notification's first version - 1): only subscribers that track their
-        own position (persistent ones) are interested then, and they fall back
-        to storage on any gap.
-        """
-        known = (
-            self._all_position
-            if stream_uuid == ALL_STREAM
-            else (self._stream_positions.get(stream_uuid))
-        )
-        if known is None:
-            if after is None:
-                return
-            known = after
-        position = known
-        while last is None or position < last:
-            count = 1000 if last is None else min(1000, last - position)
-            events = self._read(stream_uuid, position + 1, count)
-            if not events:
-                break
-            position = events[-1].event_number
-            self._fan_out(stream_uuid, events)
-            # Recorded per batch: a failure later re-publishes nothing twice.
-            if stream_uuid == ALL_STREAM:
-                self._all_position = position
-            else:
-                self._stream_positions[stream_uuid] = position
-            if len(events) < count:
-                break
-        if stream_uuid == ALL_STREAM:
-            self._all_position = position
-        else:
-            self._stream_positions[stream_uuid] = position
-
-    def _fan_out(self, stream_uuid: str, events: list[RecordedEvent]) -> None:
-        for t in self._transients:
-            if t.stream_uuid != stream_uuid:
-                continue
-            try:
-                chosen = [e for e in events if t.selector is None or t.selector(e)]
-                values = [t.mapper(e) for e in chosen] if t.mapper else chosen
-            except Exception:
-                # One subscriber's selector or mapper must not hold up the others.
-                logger.exception("a transient subscriber's selector or mapper failed")
-                continue
-            if chosen:
-                t.handle._deliver(values, [e.event_number for e in chosen])
+    def published(self, stream_uuid: str, events: list[RecordedEvent]) -> None:
         for sub in self._persistent.values():
             if sub.stream_uuid == stream_uuid and sub.state is not None:
                 sub.state.receive_published(events)
                 self._pump_safely(sub)
+
+    def behind(self, stream_uuid: str | None) -> None:
+        for sub in self._persistent.values():
+            if sub.state is not None and stream_uuid in (None, sub.stream_uuid):
+                sub.state.behind = True
