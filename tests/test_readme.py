@@ -1,0 +1,32 @@
+"""The README's first example runs as written (on the test database)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.engine import URL, Engine
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_example_runs(database_url: URL, admin_engine: Engine, capsys):
+    source = re.search(r"```python\n(.*?)```", README.read_text(), re.S)
+    assert source is not None
+    code = source.group(1)
+    assert 'EventStore("postgresql://postgres@localhost/app", schema="events")' in code
+    schema = f"readme_{uuid.uuid4().hex[:8]}"
+    url = database_url.render_as_string(hide_password=False)
+    code = code.replace('"postgresql://postgres@localhost/app"', repr(url))
+    code = code.replace('schema="events"', f"schema={schema!r}")
+    namespace: dict = {}
+    try:
+        exec(compile(code, str(README), "exec"), namespace)
+        namespace["store"].close()
+    finally:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == ["1 AccountOpened {'owner': 'Ada'}", "2 MoneyDeposited {'amount': 100}", "3"]
