@@ -62,6 +62,12 @@ class EventStore:
     the store then shares (and does not dispose of on :meth:`close`). Every
     operation takes ``conn=``: a ``Session`` or ``Connection`` in the caller's
     transaction, which the operation joins without committing.
+
+    ``session_mode_url`` marks ``url`` as a transaction-mode pooler
+    (PgBouncer): LISTEN and the advisory locks then connect there instead, and
+    an engine the store makes for a psycopg 3 URL turns off psycopg's
+    server-side prepared statements. An Engine passed in through such a pooler
+    needs ``connect_args={"prepare_threshold": None}`` on psycopg 3.
     """
 
     def __init__(
@@ -113,11 +119,20 @@ class EventStore:
         elif isinstance(url_or_engine, (str, URL)):
             url = _engine_url(url_or_engine)
             # Named in pg_stat_activity unless the URL names it already.
-            connect_args = (
+            connect_args: dict[str, Any] = (
                 {}
                 if "application_name" in url.query
                 else {"application_name": name or "sqlalchemy_eventstore"}
             )
+            if (
+                session_mode_url is not None
+                and url.drivername == "postgresql+psycopg"
+                and "prepare_threshold" not in url.query
+            ):
+                # A session_mode_url means ``url`` is a transaction-mode pooler
+                # (PgBouncer): psycopg 3's automatic server-side prepared
+                # statements would meet server connections that never saw them.
+                connect_args["prepare_threshold"] = None
             self._engine = create_engine(url, connect_args=connect_args)
             self._owns_engine = True
         else:

@@ -1,8 +1,11 @@
-"""A TCP forwarder to the test server whose link can be cut and restored.
+"""A TCP forwarder to the test server whose link can be cut, restored or frozen.
 
 Real sockets and threads: ``cut()`` closes every forwarded connection and
 refuses new ones (a server restart or a network outage, as a client sees
-it); ``restore()`` lets connections through again.
+it); ``restore()`` lets connections through again. ``freeze()`` makes the open
+connections swallow whatever either side sends -- the kernel still
+acknowledges it, nothing answers: a hung server, or a network that lost its
+route. Connections accepted after a freeze forward normally.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ class GateProxy:
         self._open.set()
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
+        self._frozen: list[threading.Event] = []
         self._threads: list[threading.Thread] = []
+        self.swallowed = 0  # bytes sent into frozen connections
         self._spawn(self._accept)
 
     def url_for(self, url: URL) -> URL:
@@ -58,18 +63,29 @@ class GateProxy:
             client.settimeout(None)
             upstream = socket.socket(self._upstream[0], socket.SOCK_STREAM)
             upstream.connect(self._upstream[1])
+            frozen = threading.Event()
             with self._lock:
                 self._sockets += [client, upstream]
-            self._spawn(self._pump, client, upstream)
-            self._spawn(self._pump, upstream, client)
+                self._frozen.append(frozen)
+            self._spawn(self._pump, client, upstream, frozen)
+            self._spawn(self._pump, upstream, client, frozen)
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _pump(self, source: socket.socket, target: socket.socket, frozen: threading.Event) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
-                target.sendall(data)
+                if frozen.is_set():
+                    with self._lock:
+                        self.swallowed += len(data)
+                else:
+                    target.sendall(data)
         for sock in (source, target):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    def freeze(self) -> None:
+        with self._lock:
+            for frozen in self._frozen:
+                frozen.set()
 
     def cut(self) -> None:
         self._open.clear()

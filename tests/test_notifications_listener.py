@@ -9,7 +9,6 @@ after a later notification proves the earlier one would have arrived first.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import threading
@@ -27,6 +26,7 @@ from sqlalchemy_eventstore.notifications.listener import Listener
 from sqlalchemy_eventstore.notifications.payload import Notification, parse_payload
 
 from .conftest import DRIVERS
+from .tcp_proxy import GateProxy
 
 WAIT = 20.0  # seconds: generous, only reached when something is broken
 
@@ -311,95 +311,14 @@ def test_reconnects_after_its_backend_is_terminated(
     assert new_pid != old_pid
 
 
-class FreezingProxy:
-    """A TCP forwarder to the test server whose open connections can be frozen.
-
-    A frozen connection swallows whatever either side sends -- the kernel
-    still acknowledges it, nothing answers: a hung server, or a network that
-    lost its route. Connections accepted after the freeze forward normally.
-    """
-
-    def __init__(self, server_url: URL) -> None:
-        host = server_url.host or server_url.query.get("host")
-        assert isinstance(host, str)
-        port = server_url.port or 5432
-        if host.startswith("/"):
-            self._upstream: tuple[int, Any] = (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}")
-        else:
-            self._upstream = (socket.AF_INET, (host, port))
-        self._server = socket.create_server(("127.0.0.1", 0))
-        self._server.settimeout(0.1)
-        self.port: int = self._server.getsockname()[1]
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
-        self._sockets: list[socket.socket] = []
-        self._frozen: list[threading.Event] = []
-        self._threads: list[threading.Thread] = []
-        self.swallowed = 0  # bytes sent into frozen connections
-        self._spawn(self._accept)
-
-    def _spawn(self, target: Callable[..., None], *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, name="test-proxy", daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            upstream = socket.socket(self._upstream[0], socket.SOCK_STREAM)
-            upstream.connect(self._upstream[1])
-            frozen = threading.Event()
-            with self._lock:
-                self._sockets += [client, upstream]
-                self._frozen.append(frozen)
-                self._spawn(self._pump, client, upstream, frozen)
-                self._spawn(self._pump, upstream, client, frozen)
-
-    def _pump(self, source: socket.socket, target: socket.socket, frozen: threading.Event) -> None:
-        try:
-            while data := source.recv(65536):
-                if frozen.is_set():
-                    with self._lock:
-                        self.swallowed += len(data)
-                else:
-                    target.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, target):  # one side gone: end the other too
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def freeze(self) -> None:
-        with self._lock:
-            for frozen in self._frozen:
-                frozen.set()
-
-    def close(self) -> None:
-        self._closed.set()
-        with self._lock:
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        for thread in self._threads:
-            thread.join(WAIT)
-        for sock in [self._server, *self._sockets]:
-            sock.close()
-
-
 @pytest.fixture
-def proxy(server_url: URL) -> Iterator[FreezingProxy]:
-    proxy = FreezingProxy(server_url)
+def proxy(server_url: URL) -> Iterator[GateProxy]:
+    proxy = GateProxy(server_url)
     yield proxy
     proxy.close()
 
 
-def through(proxy: FreezingProxy, url: URL, driver: str) -> URL:
+def through(proxy: GateProxy, url: URL, driver: str) -> URL:
     return url.difference_update_query(["host"]).set(
         drivername=DRIVERS[driver], host="127.0.0.1", port=proxy.port
     )

@@ -32,16 +32,7 @@ from sqlalchemy_eventstore.errors import (
     TooManySubscribersError,
 )
 
-WAIT = 10.0
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from .subscription_helpers import WAIT, eventually
 
 
 def append(store: EventStore, stream: str, n: int, first: int = 1) -> None:

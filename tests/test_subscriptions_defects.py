@@ -10,7 +10,7 @@ test_subscriptions_concurrency.py and test_subscription_state.py.)
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import text
@@ -18,18 +18,8 @@ from sqlalchemy.engine import URL, Engine
 
 from sqlalchemy_eventstore import ANY_VERSION, EventData
 
+from .subscription_helpers import WAIT, eventually
 from .tcp_proxy import GateProxy
-
-WAIT = 10.0
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def append(store, stream: str, n: int, start: int = 0) -> None:

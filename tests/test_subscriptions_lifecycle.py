@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,18 +20,8 @@ from sqlalchemy.engine import Engine
 
 from sqlalchemy_eventstore import ALL_STREAM, ANY_VERSION, CURRENT, ORIGIN, EventData, EventStore
 
+from .subscription_helpers import WAIT, eventually
 from .test_subscriptions_locking import ForeignLock, subscription_id
-
-WAIT = 10.0
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def append(store: EventStore, stream: str, n: int, first: int = 1) -> list[EventData]:

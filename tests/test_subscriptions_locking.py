@@ -23,16 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from sqlalchemy_eventstore import ANY_VERSION, EventData, EventStore
 
-WAIT = 10.0
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from .subscription_helpers import WAIT, eventually
 
 
 def append(store: EventStore, stream: str, n: int) -> None:

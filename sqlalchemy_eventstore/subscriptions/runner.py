@@ -80,8 +80,7 @@ class Runner:
         self._inbox: queue.Queue[tuple[Callable[[], Any], Future[Any] | None]] = queue.Queue()
         self._persistent: dict[Key, _Persistent] = {}
         self._publisher = Publisher(self._read, self._current_version, self)
-        # How far live publication got: in $all, and per subscribed stream.
-        session_url = store.engine.url
+        session_url = store.session_mode_url or store.engine.url
         self._listener = Listener(
             session_url,
             store.schema,
