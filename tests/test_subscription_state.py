@@ -149,3 +149,16 @@ def test_checkpoint_threshold_decides_when_a_write_is_due():
     assert state.checkpoint_due()
     state.persisted_at(state.checkpoint)
     assert not state.checkpoint_pending
+
+
+def test_status_follows_catch_up_and_back_pressure():
+    state = make(buffer_size=1, max_size=4)
+    state.add_subscriber("a")
+    assert state.status == "catching_up"
+    state.receive_read([event(1), event(2)], 4)  # a short page: caught up
+    state.dispatch()
+    assert state.status == "max_capacity"  # 2 waits, the only subscriber is full
+    state.ack("a", 1)
+    state.dispatch()
+    state.ack("a", 2)
+    assert state.status == "subscribed"

@@ -47,6 +47,7 @@ class Subscription:
         # Each batch with the highest event number it holds (what acking it means).
         self._mailbox: queue.Queue[tuple[list[Any], int]] = queue.Queue()
         self._subscribed = threading.Event()
+        self._status = "initial"
         self._stopped = threading.Event()
         # id(mapped value) -> event number, so a mailbox's acks of mapped values
         # resolve; guarded by _numbers_lock (the runner adds, acks remove).
@@ -80,9 +81,12 @@ class Subscription:
 
     def _set_subscribed(self) -> None:
         self._subscribed.set()
+        if self._status in ("initial", "disconnected"):
+            self._status = "subscribed"  # the scheduler refines it on its next pass
 
     def _stop(self) -> None:
         self._stopped.set()
+        self._status = "unsubscribed"
 
     # -- public --------------------------------------------------------------------
 
@@ -94,6 +98,15 @@ class Subscription:
     @property
     def subscribed(self) -> bool:
         return self._subscribed.is_set()
+
+    @property
+    def status(self) -> str:
+        """The subscription's state: ``"initial"``, ``"catching_up"``,
+        ``"subscribed"``, ``"max_capacity"``, ``"disconnected"`` (not holding
+        its lock: another process runs it, or the lock was lost) or
+        ``"unsubscribed"``. A transient ``subscribe()`` is ``"subscribed"``
+        from the start."""
+        return self._status
 
     def receive(self, timeout: float | None = None) -> list[Any]:
         """The next batch of events; TimeoutError when none arrives in time."""

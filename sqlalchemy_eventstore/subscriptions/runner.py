@@ -34,7 +34,7 @@ from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks
 from .handle import Handler, Subscription
 from .options import PersistentOptions
-from .state import SubscriptionState
+from .state import DISCONNECTED, UNSUBSCRIBED, SubscriptionState
 
 if TYPE_CHECKING:
     from ..store import EventStore
@@ -367,6 +367,7 @@ class Runner:
         """Lost the lock: forget in-memory progress; storage has the checkpoint."""
         sub.state = None
         sub.next_attempt = time.monotonic()
+        self._set_status(sub, DISCONNECTED)
         for handle in sub.handles:
             handle._subscribed.clear()
 
@@ -409,6 +410,7 @@ class Runner:
             locked = False
         if not locked:
             sub.next_attempt = now + store.subscription_retry_interval
+            self._set_status(sub, DISCONNECTED)
             return
         opts = sub.options
         sub.state = SubscriptionState(
@@ -448,8 +450,15 @@ class Runner:
             mapper = sub.options.mapper
             values = [mapper(e) for e in batch] if mapper else list(batch)
             handle._deliver(values, [e.event_number for e in batch])
+        self._set_status(sub, state.status)
         if state.checkpoint_due():
             self._write_checkpoint(sub)
+
+    @staticmethod
+    def _set_status(sub: _Persistent, status: str) -> None:
+        for handle in sub.handles:
+            if handle._status != UNSUBSCRIBED:
+                handle._status = status
 
     def _write_checkpoint(self, sub: _Persistent, *, durable: bool = False) -> None:
         """Persist the checkpoint: asynchronously committed for routine writes

@@ -21,7 +21,24 @@ from typing import Any
 from .._types import RecordedEvent
 from ..errors import UnexpectedAckError
 
-__all__ = ["SubscriberSlot", "SubscriptionState"]
+__all__ = [
+    "CATCHING_UP",
+    "DISCONNECTED",
+    "INITIAL",
+    "MAX_CAPACITY",
+    "SUBSCRIBED",
+    "UNSUBSCRIBED",
+    "SubscriberSlot",
+    "SubscriptionState",
+]
+
+# A subscription's states, named as the reference's state machine names them.
+INITIAL = "initial"  # created; has not tried to take its lock yet
+CATCHING_UP = "catching_up"  # reading from storage until caught up
+SUBSCRIBED = "subscribed"  # caught up: taking events as they are published
+MAX_CAPACITY = "max_capacity"  # events wait: every subscriber is full
+DISCONNECTED = "disconnected"  # does not hold its lock (another process does, or it was lost)
+UNSUBSCRIBED = "unsubscribed"  # this subscriber has left
 
 
 @dataclass(eq=False)
@@ -236,6 +253,24 @@ class SubscriptionState:
             number = self._outstanding.popleft()
             self._acked.discard(number)
             self.checkpoint = number
+
+    # -- status ----------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """Where the subscription stands, in the reference's state names.
+
+        ``catching_up`` while storage may hold events it has not received;
+        ``max_capacity`` when events wait but every subscriber is full
+        (back-pressure); ``subscribed`` otherwise. (The scheduler adds
+        ``initial``, ``disconnected`` and ``unsubscribed``, which concern the
+        lock and the subscribers rather than this bookkeeping.)
+        """
+        if self.behind:
+            return CATCHING_UP
+        if self.queue and all(slot.capacity <= 0 for slot in self.subscribers):
+            return MAX_CAPACITY
+        return SUBSCRIBED
 
     # -- checkpoints ---------------------------------------------------------------
 
