@@ -39,25 +39,9 @@ from sqlalchemy_eventstore.errors import (
     WrongExpectedVersionError,
 )
 
+from .event_factory import create_events, new_stream
+
 EVENT_TYPE = "tests.EventFactory.Event"
-
-
-def create_events(n: int, start: int = 1) -> list[EventData]:
-    """The reference's EventFactory.create_events: numbered events with ids."""
-    return [
-        EventData(
-            EVENT_TYPE,
-            {"event": start + i},
-            {"user": "user@example.com"},
-            causation_id=str(uuid.uuid4()),
-            correlation_id=str(uuid.uuid4()),
-        )
-        for i in range(n)
-    ]
-
-
-def new_stream() -> str:
-    return str(uuid.uuid4())
 
 
 @contextmanager

@@ -39,6 +39,8 @@ from sqlalchemy_eventstore.errors import (
     WrongExpectedVersionError,
 )
 
+from .event_factory import new_stream
+
 Gate = Callable[[int, Callable[[int], Any]], list[Any]]
 
 WRITERS = 8
@@ -47,10 +49,6 @@ WRITERS = 8
 def tagged(writer: int, batch: int, n: int) -> list[EventData]:
     """A batch whose events say who wrote them, in which batch, at which index."""
     return [EventData("Tagged", {"w": writer, "b": batch, "i": i}) for i in range(n)]
-
-
-def new_stream() -> str:
-    return str(uuid.uuid4())
 
 
 def successes(results: list[Any]) -> list[int]:

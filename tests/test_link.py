@@ -35,22 +35,7 @@ from sqlalchemy_eventstore.errors import (
     WrongExpectedVersionError,
 )
 
-
-def create_events(n: int, start: int = 1) -> list[EventData]:
-    return [
-        EventData(
-            "tests.EventFactory.Event",
-            {"event": start + i},
-            {"user": "user@example.com"},
-            causation_id=str(uuid.uuid4()),
-            correlation_id=str(uuid.uuid4()),
-        )
-        for i in range(n)
-    ]
-
-
-def new_stream() -> str:
-    return str(uuid.uuid4())
+from .event_factory import create_events, new_stream
 
 
 @contextmanager
