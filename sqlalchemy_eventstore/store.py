@@ -161,6 +161,11 @@ class EventStore:
         """The engine the store runs its operations on."""
         return self._engine
 
+    @property
+    def owns_engine(self) -> bool:
+        """True when the store made its engine from a URL (and disposes of it)."""
+        return self._owns_engine
+
     @classmethod
     def all_instances(cls) -> list[EventStore]:
         """The stores of this process that are not closed."""

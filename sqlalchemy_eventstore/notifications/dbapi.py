@@ -47,10 +47,10 @@ class Connection(Protocol):
 
 
 class _Psycopg2Connection:
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], conn: Any = None) -> None:
         import psycopg2
 
-        self._conn = psycopg2.connect(**params)
+        self._conn = conn if conn is not None else psycopg2.connect(**params)
         try:
             self._conn.autocommit = True  # LISTEN takes effect at once, outside a transaction
         except BaseException:
@@ -81,10 +81,15 @@ class _Psycopg2Connection:
 
 
 class _PsycopgConnection:
-    def __init__(self, params: dict[str, Any]) -> None:
+    def __init__(self, params: dict[str, Any], conn: Any = None) -> None:
         import psycopg
 
-        self._conn = psycopg.connect(**params, autocommit=True)
+        self._conn: psycopg.Connection[Any]
+        if conn is not None:
+            conn.autocommit = True
+            self._conn = conn
+        else:
+            self._conn = psycopg.connect(**params, autocommit=True)
 
     def fileno(self) -> int:
         return self._conn.fileno()
@@ -105,12 +110,25 @@ class _PsycopgConnection:
         self._conn.close()
 
 
-def opener(url: URL, application_name: str) -> Callable[[], Connection]:
+def _named(wrapped: Connection, conn: Any, application_name: str) -> Connection:
+    cursor = conn.cursor()
+    try:
+        cursor.execute("SELECT set_config('application_name', %s, false)", (application_name,))
+    finally:
+        cursor.close()
+    return wrapped
+
+
+def opener(
+    url: URL, application_name: str, creator: Callable[[], Any] | None = None
+) -> Callable[[], Connection]:
     """A function opening a connection to ``url`` with the driver it names.
 
     The keyword arguments come from SQLAlchemy's own dialect, so the listener
     connects exactly as an engine on the same URL would (``?host=/socket/dir``,
-    several hosts, sslmode and other query options included).
+    several hosts, sslmode and other query options included). With ``creator``
+    (a function returning a new DBAPI connection, e.g. one made by the
+    caller's Engine with its ``connect_args``), connections come from it instead.
     """
     if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
         url = url.set(drivername="postgresql+psycopg2")
@@ -125,6 +143,19 @@ def opener(url: URL, application_name: str) -> Callable[[], Connection]:
     params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
     for key, value in _KEEPALIVES.items():
         params.setdefault(key, value)
+
+    if creator is not None:
+        wrap = _PsycopgConnection if url.drivername == "postgresql+psycopg" else _Psycopg2Connection
+
+        def adopt() -> Connection:
+            conn = creator()
+            try:
+                return _named(wrap({}, conn), conn, application_name)
+            except BaseException:
+                conn.close()
+                raise
+
+        return adopt
 
     if url.drivername == "postgresql+psycopg":
         import psycopg

@@ -62,6 +62,7 @@ class Listener:
         name: str = "eventstore-listener",
         max_backoff: float = 5.0,
         idle_check_interval: float = 5.0,
+        creator: Callable[[], Any] | None = None,
     ) -> None:
         if not isinstance(schema, str) or not schema:
             raise ValueError("schema must be a non-empty str")
@@ -69,7 +70,7 @@ class Listener:
             raise ValueError("max_backoff must be > 0 seconds")
         if idle_check_interval <= 0:
             raise ValueError("idle_check_interval must be > 0 seconds")
-        self._open = opener(url, name)
+        self._open = opener(url, name, creator)
         self._url = url
         # One identifier, quoted whole: the trigger's channel is the text
         # TG_TABLE_SCHEMA || '.events', not a schema-qualified name.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Engine, create_engine
@@ -34,13 +35,25 @@ _KEY = """(
 class AdvisoryLocks:
     """Try-locks on one session connection; reconnects (holding nothing) when lost."""
 
-    def __init__(self, url: URL, schema: str, *, application_name: str) -> None:
-        self._engine: Engine = create_engine(
-            url,
-            poolclass=NullPool,
-            connect_args={"application_name": application_name},
-            isolation_level="AUTOCOMMIT",
+    def __init__(
+        self,
+        url: URL,
+        schema: str,
+        *,
+        application_name: str,
+        creator: Callable[[], Any] | None = None,
+    ) -> None:
+        # ``creator`` (a new DBAPI connection from the caller's Engine) wins
+        # over the URL's connect arguments; either way the session is named.
+        options: dict[str, Any] = (
+            {"creator": creator}
+            if creator is not None
+            else {"connect_args": {"application_name": application_name}}
         )
+        self._engine: Engine = create_engine(
+            url, poolclass=NullPool, isolation_level="AUTOCOMMIT", **options
+        )
+        self._application_name = application_name
         self._schema = schema
         self._conn: Any = None
         self._held: set[int] = set()
@@ -60,6 +73,10 @@ class AdvisoryLocks:
             if self._conn is not None:
                 self._lost()
             self._conn = self._engine.connect()
+            self._conn.exec_driver_sql(
+                "SELECT set_config('application_name', %(name)s, false)",
+                {"name": self._application_name},
+            )
         return self._conn
 
     def _lost(self) -> None:

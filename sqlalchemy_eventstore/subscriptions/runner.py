@@ -19,6 +19,8 @@ from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from sqlalchemy import Engine
+
 from .._types import RecordedEvent
 from ..errors import (
     AlreadySubscribedError,
@@ -68,6 +70,19 @@ class _Persistent:
     last_ack_at: float = 0.0
 
 
+def _detached_connections(engine: Engine) -> Callable[[], Any]:
+    """New DBAPI connections made by ``engine`` (its connect_args, creator and
+    connect events apply), detached from its pool so they neither count
+    against it nor ever return to it."""
+
+    def create() -> Any:
+        pooled = engine.raw_connection()
+        pooled.detach()  # from now on closing it closes the connection itself
+        return pooled.dbapi_connection
+
+    return create
+
+
 def _transient_lock_id(sub: _Persistent) -> int:
     return -(zlib.crc32(f"{sub.stream_uuid}\x00{sub.name}".encode()) & 0x7FFFFFFF) - 1
 
@@ -80,16 +95,29 @@ class Runner:
         self._inbox: queue.Queue[tuple[Callable[[], Any], Future[Any] | None]] = queue.Queue()
         self._persistent: dict[Key, _Persistent] = {}
         self._publisher = Publisher(self._read, self._current_version, self)
+        # LISTEN and the advisory locks need sessions of their own: on the
+        # session_mode_url when given (PgBouncer), else like the store's
+        # engine -- made by that engine itself when it is the caller's, so its
+        # connect_args or creator (SSL options, say) apply to them too.
         session_url = store.session_mode_url or store.engine.url
+        creator = (
+            _detached_connections(store.engine)
+            if store.session_mode_url is None and not store.owns_engine
+            else None
+        )
         self._listener = Listener(
             session_url,
             store.schema,
             on_notification=lambda n: self._post(lambda: self._publisher.on_notification(n)),
             on_reconnect=lambda: self._post(self._publisher.on_reconnect),
             name=f"eventstore-listener-{store.schema}",
+            creator=creator,
         )
         self._locks = AdvisoryLocks(
-            session_url, store.schema, application_name=f"eventstore-locks-{store.schema}"
+            session_url,
+            store.schema,
+            application_name=f"eventstore-locks-{store.schema}",
+            creator=creator,
         )
         self._stopping = False
         self._next_lock_check = 0.0
