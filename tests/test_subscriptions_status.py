@@ -28,6 +28,7 @@ def test_status_through_back_pressure_lock_contention_and_unsubscribe(make_store
     assert eventually(lambda: sub.status == "subscribed")
     sub.unsubscribe()
     assert sub.status == "unsubscribed"
+    assert not sub.subscribed
     # The lock is free now: the waiting instance takes over.
     assert waiting.wait_subscribed(WAIT)
     assert eventually(lambda: waiting.status == "subscribed")

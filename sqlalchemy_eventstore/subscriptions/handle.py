@@ -86,6 +86,7 @@ class Subscription:
 
     def _stop(self) -> None:
         self._stopped.set()
+        self._subscribed.clear()
         self._status = "unsubscribed"
 
     # -- public --------------------------------------------------------------------
