@@ -22,8 +22,6 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.engine import Engine
 
 from sqlalchemy_eventstore import ANY_VERSION, EventData, EventStore, RecordedEvent
 from sqlalchemy_eventstore.errors import (
@@ -32,6 +30,7 @@ from sqlalchemy_eventstore.errors import (
     TooManySubscribersError,
 )
 
+from .mailbox_helpers import assert_quiet, checkpoint, collect, next_numbers, numbers
 from .subscription_helpers import WAIT, eventually
 
 
@@ -40,38 +39,6 @@ def append(store: EventStore, stream: str, n: int, first: int = 1) -> None:
     store.append_to_stream(
         stream, ANY_VERSION, [EventData("Tick", {"n": first + i}) for i in range(n)]
     )
-
-
-def numbers(batch: list[Any]) -> list[int]:
-    return [e.event_number for e in batch]
-
-
-def next_numbers(sub) -> list[int]:
-    return numbers(sub.receive(timeout=WAIT))
-
-
-def collect(sub, count: int) -> list[int]:
-    """Event numbers of the batches ``sub`` receives until it has ``count``."""
-    got: list[int] = []
-    while len(got) < count:
-        got.extend(next_numbers(sub))
-    return got
-
-
-def assert_quiet(*subs, wait: float = 0.3) -> None:
-    """The reference's refute_receive: nothing more arrives at any of ``subs``."""
-    time.sleep(wait)
-    for sub in subs:
-        with pytest.raises(TimeoutError):
-            sub.receive(timeout=0)
-
-
-def checkpoint(admin_engine: Engine, schema: str, name: str) -> int | None:
-    with admin_engine.connect() as conn:
-        return conn.execute(
-            text(f'SELECT last_seen FROM "{schema}".subscriptions WHERE subscription_name = :n'),
-            {"n": name},
-        ).scalar()
 
 
 def subscribe_all(store: EventStore, name: str, **options: Any):

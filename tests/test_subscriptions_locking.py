@@ -23,41 +23,12 @@ from sqlalchemy.pool import NullPool
 
 from sqlalchemy_eventstore import ANY_VERSION, EventData, EventStore
 
+from .mailbox_helpers import assert_quiet, checkpoint, collect, next_numbers, numbers
 from .subscription_helpers import WAIT, eventually
 
 
 def append(store: EventStore, stream: str, n: int) -> None:
     store.append_to_stream(stream, ANY_VERSION, [EventData("Tick", {"i": i}) for i in range(n)])
-
-
-def numbers(batch: list[Any]) -> list[int]:
-    return [e.event_number for e in batch]
-
-
-def next_numbers(sub) -> list[int]:
-    return numbers(sub.receive(timeout=WAIT))
-
-
-def collect(sub, count: int) -> list[int]:
-    got: list[int] = []
-    while len(got) < count:
-        got.extend(next_numbers(sub))
-    return got
-
-
-def assert_quiet(*subs, wait: float = 0.4) -> None:
-    time.sleep(wait)
-    for sub in subs:
-        with pytest.raises(TimeoutError):
-            sub.receive(timeout=0)
-
-
-def checkpoint(admin_engine: Engine, schema: str, name: str) -> int | None:
-    with admin_engine.connect() as conn:
-        return conn.execute(
-            text(f'SELECT last_seen FROM "{schema}".subscriptions WHERE subscription_name = :n'),
-            {"n": name},
-        ).scalar()
 
 
 def subscription_id(admin_engine: Engine, schema: str, name: str) -> int:
