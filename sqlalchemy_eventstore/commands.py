@@ -25,7 +25,13 @@ from sqlalchemy.pool import NullPool
 
 from .errors import EventStoreError
 from .storage import upgrades
-from .storage.schema import SCHEMA_LOCK_KEY, quote_ident
+from .storage.schema import (
+    ADDITIONS_NAME,
+    SCHEMA_LOCK_KEY,
+    add_additions,
+    additions_missing,
+    quote_ident,
+)
 from .store import EventStore, _engine_url
 
 __all__ = [
@@ -51,9 +57,10 @@ class CommandError(EventStoreError):
 
 
 class MigrationStatus(NamedTuple):
-    """One migration of the reference's numbering and whether it is applied."""
+    """One migration and whether it is applied: a step of the reference's
+    numbering ("1.3.2"), or this package's additions ("additions 1")."""
 
-    version: str  # "1.3.2"
+    version: str  # "1.3.2" or "additions 1"
     status: str  # "applied" or "pending"
 
 
@@ -297,9 +304,11 @@ def init(
 def migrate(url: str | URL, schema: str = "public", quiet: bool = False) -> list[str]:
     """Apply the pending migrations of an initialised event store; their versions.
 
+    The reference's steps first, each committing on its own with its
+    ``schema_migrations`` row; then this package's additions when missing
+    (``"additions 1"``: they record no row, their tables say they are there).
     Safe to run again (nothing pending: nothing done) and concurrently: the
     runs queue on an advisory lock and each later one finds nothing to do.
-    Each migration commits on its own, with its ``schema_migrations`` row.
     """
     given, url_ = _parse_url(url)
     _check_schema(schema)
@@ -330,6 +339,11 @@ def migrate(url: str | URL, schema: str = "public", quiet: bool = False) -> list
             with conn.begin():
                 upgrades.apply(conn, schema, migration)
             applied.append(migration.name)
+        with conn.begin():
+            if additions_missing(conn, schema):
+                _say(quiet, f"Running migration {ADDITIONS_NAME}...")
+                add_additions(conn, schema)
+                applied.append(ADDITIONS_NAME)
     if applied:
         _say(quiet, "The EventStore database has been migrated.")
     else:
@@ -342,8 +356,10 @@ def migrations(
 ) -> list[MigrationStatus]:
     """Each known migration, oldest first, as applied or pending.
 
-    A migration counts as applied when its version is at most the latest one
-    recorded: a schema created at the current layout records only that.
+    A migration of the reference counts as applied when its version is at most
+    the latest one recorded: a schema created at the current layout records
+    only that. This package's additions come last (``"additions 1"``), applied
+    when their tables exist.
     """
     given, url_ = _parse_url(url)
     _check_schema(schema)
@@ -352,6 +368,7 @@ def migrations(
         _connection(url_) as conn,
     ):
         recorded = upgrades.recorded_versions(conn, schema)
+        missing = additions_missing(conn, schema) if recorded is not None else []
     if recorded is None:
         raise _not_initialised(schema, given.database)
     latest = max(recorded, default=None)
@@ -363,8 +380,9 @@ def migrations(
         )
         for version in versions
     ]
+    statuses.append(MigrationStatus(ADDITIONS_NAME, "pending" if missing else "applied"))
     _say(quiet, f"EventStore: {_show(given)} schema {schema}\n")
-    _say(quiet, "  migration   state\n  ---------   -------")
+    _say(quiet, "  migration     state\n  -----------   -------")
     for status in statuses:
-        _say(quiet, f"  {status.version:<10}  {status.status}")
+        _say(quiet, f"  {status.version:<12}  {status.status}")
     return statuses

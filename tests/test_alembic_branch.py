@@ -51,6 +51,7 @@ from .catalog_helpers import (
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_REVISION = "eventstore_1_3_2"
+HEAD_REVISION = "eventstore_additions_1"
 
 MODELS = '''
 """The application's own model."""
@@ -263,11 +264,14 @@ def test_version_location_is_the_packaged_branch() -> None:
     assert coerce_resource_to_filename(VERSION_LOCATION_RESOURCE).resolve() == location.resolve()
 
     script = ScriptDirectory(str(REPO / "alembic_migrations"), version_locations=[str(location)])
-    base = script.get_revision("eventstore@head")
+    head = script.get_revision("eventstore@head")
+    assert head is not None and head.revision == HEAD_REVISION
+    assert head.down_revision == BASE_REVISION
+    base = script.get_revision(BASE_REVISION)
     assert base is not None
     assert base.branch_labels == {"eventstore"}
     assert base.down_revision is None
-    assert script.get_heads() == [BASE_REVISION]
+    assert script.get_heads() == [HEAD_REVISION]
 
 
 # -- upgrade, use, downgrade ------------------------------------------------------------
@@ -279,7 +283,7 @@ def test_upgrade_heads_creates_the_app_and_the_event_store(
     cfg = Config(str(write_app(tmp_path, fresh_database)))
     command.upgrade(cfg, "heads")
 
-    assert heads_in_database(db) == {"app_0001", BASE_REVISION}
+    assert heads_in_database(db) == {"app_0001", HEAD_REVISION}
     with db.connect() as conn:
         found = objects(conn, "public")
         alembic_created = snapshot(conn, "public")
@@ -314,7 +318,7 @@ def test_upgrade_heads_creates_the_app_and_the_event_store(
 
     # ... and it comes back on the next upgrade.
     command.upgrade(cfg, "eventstore@head")
-    assert heads_in_database(db) == {"app_0001", BASE_REVISION}
+    assert heads_in_database(db) == {"app_0001", HEAD_REVISION}
     append_and_read(fresh_database, "public")
 
 
@@ -375,7 +379,7 @@ def test_the_package_resource_form_of_the_location(
     )
     command.upgrade(Config(str(ini)), "eventstore@head")
     assert table_names(db, "es_resource") == EVENTSTORE_TABLES
-    assert heads_in_database(db) == {BASE_REVISION}
+    assert heads_in_database(db) == {HEAD_REVISION}
 
 
 @pytest.mark.parametrize("column_data_type", ["bytea", "jsonb"])
@@ -427,7 +431,7 @@ def test_offline_sql_builds_the_same_schema(
     assert offline == init_snapshot(db, fresh_database, "by_init")
 
     buffer = io.StringIO()
-    command.downgrade(Config(str(ini), output_buffer=buffer), f"{BASE_REVISION}:base", sql=True)
+    command.downgrade(Config(str(ini), output_buffer=buffer), f"{HEAD_REVISION}:base", sql=True)
     raw = db.raw_connection()
     try:
         raw.cursor().execute(buffer.getvalue())
@@ -594,4 +598,4 @@ def test_the_wheel_ships_the_branch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     location, head = result.stdout.split()
     assert Path(location) == target / "sqlalchemy_eventstore" / "alembic_migrations" / "versions"
-    assert head == BASE_REVISION
+    assert head == HEAD_REVISION
