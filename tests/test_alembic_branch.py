@@ -42,7 +42,9 @@ from .catalog_helpers import (
     EVENTSTORE_FUNCTIONS,
     EVENTSTORE_TABLES,
     EVENTSTORE_TRIGGERS,
+    REFERENCE_TABLES,
     make_reference_layout,
+    make_reference_v1_3_2,
     objects,
     recorded_versions,
     schema_present,
@@ -475,6 +477,70 @@ def test_upgrade_migrates_an_older_reference_schema(
         assert recorded_versions(conn, "older")[-4:] == [(1, 1, 0), (1, 2, 0), (1, 3, 0), (1, 3, 2)]
     with EventStore(fresh_database, schema="older") as store:
         assert [e.data for e in store.read_stream_forward("s-1")] == [{"n": 1}]
+
+
+# -- the additions revision --------------------------------------------------------------
+
+
+def test_the_additions_revision_upgrades_and_downgrades_alone(
+    tmp_path: Path, fresh_database: URL, db: Engine
+) -> None:
+    cfg = Config(str(write_app(tmp_path, fresh_database, schema="steps")))
+    by_init = init_snapshot(db, fresh_database, "by_init")
+
+    # The base revision alone is the reference's layout: no additions.
+    command.upgrade(cfg, BASE_REVISION)
+    assert table_names(db, "steps") == REFERENCE_TABLES
+    with db.connect() as conn:
+        make_reference_v1_3_2(conn, "by_init")
+        assert snapshot(conn, "steps") == snapshot(conn, "by_init")
+    with EventStore(fresh_database, schema="steps") as store:
+        store.append_to_stream("s-1", 0, [EventData("Happened", {"n": 1})])
+
+    command.upgrade(cfg, "eventstore@head")
+    assert heads_in_database(db) == {HEAD_REVISION}
+    with db.connect() as conn:
+        assert snapshot(conn, "steps") == by_init
+        assert recorded_versions(conn, "steps") == [(1, 3, 2)]
+
+    # Downgrading one step drops the additions and keeps the events.
+    command.downgrade(cfg, BASE_REVISION)
+    assert table_names(db, "steps") == REFERENCE_TABLES
+    with EventStore(fresh_database, schema="steps") as store:
+        assert [e.data for e in store.read_stream_forward("s-1")] == [{"n": 1}]
+
+
+def test_upgrade_adds_them_to_a_reference_schema(
+    tmp_path: Path, fresh_database: URL, db: Engine
+) -> None:
+    expected = init_snapshot(db, fresh_database, "made_by_reference")
+    with db.connect() as conn:
+        make_reference_v1_3_2(conn, "made_by_reference")
+    cfg = Config(str(write_app(tmp_path, fresh_database, schema="made_by_reference")))
+
+    command.upgrade(cfg, "heads")
+
+    with db.connect() as conn:
+        assert snapshot(conn, "made_by_reference") == expected
+        assert recorded_versions(conn, "made_by_reference") == [(1, 3, 2)]
+
+
+def test_offline_sql_of_the_additions_revision(tmp_path: Path, fresh_database: URL) -> None:
+    ini = write_app(tmp_path, fresh_database, schema="offline")
+    buffer = io.StringIO()
+    command.upgrade(
+        Config(str(ini), output_buffer=buffer), f"{BASE_REVISION}:{HEAD_REVISION}", sql=True
+    )
+    script = buffer.getvalue()
+    assert "CREATE TABLE IF NOT EXISTS offline.parked_events" in script
+    assert "CREATE TABLE offline.streams" not in script
+
+    buffer = io.StringIO()
+    command.downgrade(
+        Config(str(ini), output_buffer=buffer), f"{HEAD_REVISION}:{BASE_REVISION}", sql=True
+    )
+    assert 'DROP TABLE IF EXISTS "offline".parked_events;' in buffer.getvalue()
+    assert "streams" not in buffer.getvalue().split("parked_events")[-1]
 
 
 # -- autogenerate ----------------------------------------------------------------------
