@@ -174,6 +174,8 @@ class ParkedEventRow(Base):
     ``event_number`` is the event's position in the subscribed stream (the
     global position for ``$all``). Rows go with their subscription (ON DELETE
     CASCADE), so the reference's own subscription deletion still works.
+    ``event_id`` has no foreign key to ``events``: a hard delete of the event's
+    stream must not be refused because the event was parked.
     """
 
     __tablename__ = "parked_events"
