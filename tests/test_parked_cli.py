@@ -188,3 +188,16 @@ def test_the_functions(parked_store, capsys):
         commands.parked_discard(url, "projector", schema, True, event_numbers=[-1])
     with pytest.raises(CommandError, match="subscription name"):
         commands.parked_list(url, "", schema, True)
+
+
+def test_list_on_a_jsonb_store(make_store):
+    store = make_store(column_data_type="jsonb")
+    store.append_to_stream("s", 0, [EventData("Opened", {"owner": "Ada"}, metadata={"by": 1})])
+    park_numbers(store, "projector", [1], stream_uuid="s")
+
+    out = assert_ok(run("parked", "list", "projector", "--stream", "s", "--json", *args(store)))
+
+    (entry,) = [json.loads(line) for line in out.splitlines()]
+    assert (entry["data"], entry["metadata"]) == ({"owner": "Ada"}, {"by": 1})
+    assert entry["data_format"] == entry["metadata_format"] == "json"
+    assert entry["subscription_stream"] == "s"
