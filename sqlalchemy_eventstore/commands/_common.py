@@ -138,3 +138,17 @@ def _not_initialised(schema: str, database: str | None) -> CommandError:
         f'schema "{schema}" of database "{database}" holds no event store: '
         "run `eventstore init` first"
     )
+
+
+def _column_type(conn: Connection, given: URL, schema: str) -> str:
+    """The type of the events' data column (bytea or jsonb): the schema holds an event store."""
+    found = conn.execute(
+        text(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = :schema "
+            "AND table_name = 'events' AND column_name = 'data'"
+        ),
+        {"schema": schema},
+    ).scalar()
+    if found is None:
+        raise _not_initialised(schema, given.database)
+    return str(found)

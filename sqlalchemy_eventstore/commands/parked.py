@@ -18,9 +18,9 @@ from ..storage.schema import additions_missing, quote_ident
 from ._common import (
     CommandError,
     _check_schema,
+    _column_type,
     _connection,
     _failures,
-    _not_initialised,
     _parse_url,
     _say,
 )
@@ -32,15 +32,7 @@ def _parked_target(
     conn: Connection, given: URL, schema: str, subscription_name: str, stream_uuid: str
 ) -> tuple[str, int]:
     """(the data column type, the subscription id), or a CommandError saying what is missing."""
-    column_type = conn.execute(
-        text(
-            "SELECT data_type FROM information_schema.columns WHERE table_schema = :schema "
-            "AND table_name = 'events' AND column_name = 'data'"
-        ),
-        {"schema": schema},
-    ).scalar()
-    if column_type is None:
-        raise _not_initialised(schema, given.database)
+    column_type = _column_type(conn, given, schema)
     if additions_missing(conn, schema):
         raise CommandError(
             f'schema "{schema}" has no parked_events table: run `eventstore migrate` first'
@@ -56,7 +48,7 @@ def _parked_target(
         raise CommandError(
             f'schema "{schema}" has no subscription "{subscription_name}" to {stream_uuid}'
         )
-    return str(column_type), int(subscription_id)
+    return column_type, int(subscription_id)
 
 
 def _check_parked_args(
