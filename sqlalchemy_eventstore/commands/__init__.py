@@ -4,6 +4,8 @@
   ``migrate``, ``migrations``;
 - :mod:`.parked`: a subscription's parked events -- ``parked_list``,
   ``parked_replay``, ``parked_discard``;
+- :mod:`.operate`: running a store -- ``status``, ``tail``,
+  ``subscriptions_list``, ``subscription_reset``, ``subscription_delete``;
 - :mod:`._common`: URL parsing, connections, failures as :class:`CommandError`.
 
 Each takes the database URL and the event store's schema, prints what it did
@@ -15,6 +17,13 @@ hidden -- for every failure. The ``eventstore`` console command
 from __future__ import annotations
 
 from ._common import CommandError
+from .operate import (
+    status,
+    subscription_delete,
+    subscription_reset,
+    subscriptions_list,
+    tail,
+)
 from .parked import parked_discard, parked_list, parked_replay
 from .schema import MigrationStatus, create, drop, init, migrate, migrations
 
@@ -29,4 +38,9 @@ __all__ = [
     "parked_discard",
     "parked_list",
     "parked_replay",
+    "status",
+    "subscription_delete",
+    "subscription_reset",
+    "subscriptions_list",
+    "tail",
 ]

@@ -108,6 +108,7 @@ def drop(
     quiet: bool = False,
     *,
     maintenance_database: str = "postgres",
+    if_exists: bool = False,
 ) -> None:
     """Drop the event store: its whole database for ``public``, else only its schema.
 
@@ -115,6 +116,10 @@ def drop(
     database, so dropping one of them drops its schema (``CASCADE``: with all it
     holds) and leaves the database and the other schemas alone. For ``public``
     the database the URL names is dropped; it must have no other sessions.
+
+    A schema or database that does not exist is a failure (a mistyped name
+    must not look like success) unless ``if_exists``. This function asks
+    nothing: the ``eventstore drop`` command asks for confirmation.
     """
     given, url_ = _parse_url(url)
     name = _database_name(given)
@@ -125,11 +130,14 @@ def drop(
             _connection(url_, autocommit=True) as conn,
         ):
             present = _schema_present(conn, schema)
-            conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
+            if present:
+                conn.exec_driver_sql(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
         if present:
             _say(quiet, f'The EventStore schema "{schema}" has been dropped.')
+        elif if_exists:
+            _say(quiet, f'The EventStore schema "{schema}" does not exist: nothing to drop.')
         else:
-            _say(quiet, f'The EventStore schema "{schema}" has already been dropped.')
+            raise CommandError(f'schema "{schema}" does not exist in database "{name}"')
         return
 
     if name == maintenance_database:
@@ -140,11 +148,14 @@ def drop(
     ):
         found = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
         present = found.first() is not None
-        conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
+        if present:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {quote_ident(name)}")
     if present:
         _say(quiet, f'The EventStore database "{name}" has been dropped.')
+    elif if_exists:
+        _say(quiet, f'The EventStore database "{name}" does not exist: nothing to drop.')
     else:
-        _say(quiet, f'The EventStore database "{name}" has already been dropped.')
+        raise CommandError(f'database "{name}" does not exist on {_show(given)}')
 
 
 def init(
@@ -228,9 +239,13 @@ def migrate(url: str | URL, schema: str = "public", quiet: bool = False) -> list
 
 
 def migrations(
-    url: str | URL, schema: str = "public", quiet: bool = False
+    url: str | URL, schema: str = "public", quiet: bool = False, *, print_list: bool = False
 ) -> list[MigrationStatus]:
     """Each known migration, oldest first, as applied or pending.
+
+    Printed as a table unless ``quiet``; ``print_list`` prints the bare list
+    instead, one ``version<TAB>state`` line each, whatever ``quiet`` says
+    (``eventstore migrations --quiet``: for scripts).
 
     A migration of the reference counts as applied when its version is at most
     the latest one recorded: a schema created at the current layout records
@@ -257,6 +272,11 @@ def migrations(
         for version in versions
     ]
     statuses.append(MigrationStatus(ADDITIONS_NAME, "pending" if missing else "applied"))
+    if print_list:
+        # The list is the answer: ``quiet`` drops the header, not the list.
+        for status in statuses:
+            print(f"{status.version}\t{status.status}", flush=True)
+        return statuses
     _say(quiet, f"EventStore: {_show(given)} schema {schema}\n")
     _say(quiet, "  migration     state\n  -----------   -------")
     for status in statuses:
