@@ -69,6 +69,29 @@ class EventStore:
     an engine the store makes for a psycopg 3 URL turns off psycopg's
     server-side prepared statements. An Engine passed in through such a pooler
     needs ``connect_args={"prepare_threshold": None}`` on psycopg 3.
+
+    Args:
+        url_or_engine: A ``postgresql://`` URL (``postgresql+psycopg://`` for
+            psycopg 3) or a SQLAlchemy ``Engine``.
+        schema: The PostgreSQL schema holding the event store's tables.
+        serializer: Turns event data and metadata into column values and back;
+            by default :class:`JsonSerializer` (bytea) or
+            :class:`JsonbSerializer` (jsonb).
+        column_data_type: ``"bytea"`` or ``"jsonb"``: the type of the data and
+            metadata columns, as created by :meth:`init`.
+        enable_hard_deletes: Allow ``delete_stream(..., hard=True)``.
+        session_mode_url: A URL for LISTEN and advisory locks when ``url`` goes
+            through a transaction-mode pooler.
+        subscription_retry_interval: Seconds between attempts to take a
+            persistent subscription that another process holds.
+        name: A name for logs and ``pg_stat_activity``'s ``application_name``.
+
+    Raises:
+        TypeError: An argument of the wrong type (``url_or_engine``,
+            ``serializer``, ``subscription_retry_interval``, ``name``).
+        ValueError: A bad ``column_data_type``, an empty ``schema``, a
+            serializer writing another column type, a non-positive retry
+            interval.
     """
 
     def __init__(
@@ -176,8 +199,14 @@ class EventStore:
     def init(self) -> bool:
         """Create the schema and its tables, functions, triggers and ``$all`` row.
 
-        Idempotent, and safe when several processes run it at once. Returns
-        True when it created the event store, False when it already existed.
+        Idempotent, and safe when several processes run it at once.
+
+        Returns:
+            True when it created the event store, False when it already existed.
+
+        Raises:
+            sqlalchemy.exc.DBAPIError: The database refused (no such database,
+                no permission to create the schema).
         """
         with self._engine.begin() as conn:
             return create_schema(conn, self.schema, self.column_data_type)
@@ -224,7 +253,34 @@ class EventStore:
         *,
         conn: ConnLike | None = None,
     ) -> None:
-        """Append events atomically, checking the stream's expected version."""
+        """Append events atomically, checking the stream's expected version.
+
+        The events get consecutive stream versions and ``$all`` positions, all
+        or none: in ``conn``'s transaction when given.
+
+        Args:
+            stream_uuid: The stream's identity (any non-empty string but ``$all``).
+            expected_version: The stream's current version (an int, 0 for a new
+                stream), or :data:`ANY_VERSION`, :data:`NO_STREAM`,
+                :data:`STREAM_EXISTS`.
+            events: A non-empty list of :class:`EventData`.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Raises:
+            WrongExpectedVersionError: The stream is at another version.
+            StreamExistsError: :data:`NO_STREAM` was expected, the stream exists.
+            StreamNotFoundError: :data:`STREAM_EXISTS` or a version > 0 was
+                expected, the stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            DuplicateEventError: An ``event_id`` is already stored.
+            CannotAppendToAllStreamError: ``stream_uuid`` is ``$all``.
+            TypeError: An argument of the wrong type, or data the serializer
+                cannot encode.
+            ValueError: An empty stream name or event list, a bad UUID, a
+                negative version.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         expected = check.check_expected_version(expected_version)
         prepared = check.prepare_events(events, self.serializer)
@@ -240,7 +296,31 @@ class EventStore:
         *,
         conn: ConnLike | None = None,
     ) -> None:
-        """Link already stored events (RecordedEvents or event ids) into a stream."""
+        """Link already stored events (RecordedEvents or event ids) into a stream.
+
+        The events keep their identity and ``$all`` position; the stream gets
+        new versions for them.
+
+        Args:
+            stream_uuid: The stream to link into (not ``$all``).
+            expected_version: As for :meth:`append_to_stream`.
+            events_or_event_ids: A non-empty list of :class:`RecordedEvent` or
+                event id strings.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Raises:
+            EventNotFoundError: An event id is not stored.
+            DuplicateEventError: An event is already linked to the stream.
+            WrongExpectedVersionError: The stream is at another version.
+            StreamExistsError: :data:`NO_STREAM` was expected, the stream exists.
+            StreamNotFoundError: The stream was expected to exist.
+            StreamDeletedError: The stream was soft deleted.
+            CannotAppendToAllStreamError: ``stream_uuid`` is ``$all``.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty list, a bad UUID.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         expected = check.check_expected_version(expected_version)
         event_ids = check.event_ids_to_link(events_or_event_ids)
@@ -256,7 +336,31 @@ class EventStore:
         hard: bool = False,
         conn: ConnLike | None = None,
     ) -> None:
-        """Soft delete a stream, or hard delete it with its events."""
+        """Soft delete a stream, or hard delete it with its events.
+
+        A soft-deleted stream can no longer be read or appended to; its events
+        stay in ``$all``. A hard delete removes the stream and every event only
+        it holds (from ``$all`` too).
+
+        Args:
+            stream_uuid: The stream to delete (not ``$all``).
+            expected_version: The stream's current version, :data:`ANY_VERSION`
+                or :data:`STREAM_EXISTS`.
+            hard: Delete the events too; needs ``enable_hard_deletes=True``.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Raises:
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream is already soft deleted.
+            WrongExpectedVersionError: The stream is at another version.
+            HardDeletesNotEnabledError: ``hard=True`` on a store without
+                ``enable_hard_deletes``.
+            CannotDeleteAllStreamError: ``stream_uuid`` is ``$all``.
+            TypeError: An argument of the wrong type.
+            ValueError: An expected version other than those listed.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         expected = check.check_expected_version(
             expected_version, allowed=(ANY_VERSION, STREAM_EXISTS)
@@ -300,7 +404,28 @@ class EventStore:
         *,
         conn: ConnLike | None = None,
     ) -> list[RecordedEvent]:
-        """Up to ``count`` events of a stream from ``start_version`` on."""
+        """Up to ``count`` events of a stream from ``start_version`` on.
+
+        Args:
+            stream_uuid: The stream (``$all`` for every event in commit order).
+            start_version: The first stream version to read (0 and 1 both mean
+                the first event).
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            The events in stream order; ``[]`` past the end. Each
+            :class:`RecordedEvent`'s ``event_number`` is its version in this
+            stream (its position, for ``$all``).
+
+        Raises:
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         check.check_int(start_version, "start_version", minimum=0)
         check.check_count(count)
@@ -315,7 +440,26 @@ class EventStore:
         conn: ConnLike | None = None,
     ) -> list[RecordedEvent]:
         """Up to ``count`` events of a stream, newest first, from ``start_version``
-        down (-1: from the end)."""
+        down (-1: from the end).
+
+        Args:
+            stream_uuid: The stream (``$all`` for every event).
+            start_version: The first (highest) stream version to read; -1 for
+                the last event.
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            The events, newest first.
+
+        Raises:
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         check.check_int(start_version, "start_version", minimum=-1)
         check.check_count(count)
@@ -324,13 +468,33 @@ class EventStore:
     def read_all_streams_forward(
         self, start_version: int = 0, count: int = 1000, *, conn: ConnLike | None = None
     ) -> list[RecordedEvent]:
-        """Up to ``count`` events of ``$all`` from global position ``start_version`` on."""
+        """Up to ``count`` events of ``$all`` from global position ``start_version`` on.
+
+        As :meth:`read_stream_forward` on ``$all``.
+
+        Returns:
+            The events in commit order.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: A position or count out of range.
+        """
         return self.read_stream_forward(ALL_STREAM, start_version, count, conn=conn)
 
     def read_all_streams_backward(
         self, start_version: int = -1, count: int = 1000, *, conn: ConnLike | None = None
     ) -> list[RecordedEvent]:
-        """Up to ``count`` events of ``$all``, newest first."""
+        """Up to ``count`` events of ``$all``, newest first.
+
+        As :meth:`read_stream_backward` on ``$all``.
+
+        Returns:
+            The events, newest first.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: A position or count out of range.
+        """
         return self.read_stream_backward(ALL_STREAM, start_version, count, conn=conn)
 
     def _iterate(
@@ -366,7 +530,28 @@ class EventStore:
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate a stream's events; memory stays bounded by ``read_batch_size``."""
+        """Lazily iterate a stream's events; memory stays bounded by ``read_batch_size``.
+
+        The first batch is read at the call, so a missing stream raises here;
+        later batches are read as the iterator advances.
+
+        Args:
+            stream_uuid: The stream (``$all`` for every event).
+            start_version: The first stream version to yield.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            An iterator of :class:`RecordedEvent` in stream order.
+
+        Raises:
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         check.check_int(start_version, "start_version", minimum=0)
         check.check_int(read_batch_size, "read_batch_size", minimum=1)
@@ -380,7 +565,25 @@ class EventStore:
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate a stream's events newest first."""
+        """Lazily iterate a stream's events newest first.
+
+        Args:
+            stream_uuid: The stream (``$all`` for every event).
+            start_version: The first (highest) version to yield; -1 for the last.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            An iterator of :class:`RecordedEvent`, newest first.
+
+        Raises:
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         check.check_int(start_version, "start_version", minimum=-1)
         check.check_int(read_batch_size, "read_batch_size", minimum=1)
@@ -393,7 +596,15 @@ class EventStore:
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` in global order."""
+        """Lazily iterate ``$all`` in global order (as :meth:`stream_forward`).
+
+        Returns:
+            An iterator of :class:`RecordedEvent` in commit order.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: A position or batch size out of range.
+        """
         return self.stream_forward(
             ALL_STREAM, start_version, read_batch_size=read_batch_size, conn=conn
         )
@@ -405,13 +616,38 @@ class EventStore:
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` newest first."""
+        """Lazily iterate ``$all`` newest first (as :meth:`stream_backward`).
+
+        Returns:
+            An iterator of :class:`RecordedEvent`, newest first.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: A position or batch size out of range.
+        """
         return self.stream_backward(
             ALL_STREAM, start_version, read_batch_size=read_batch_size, conn=conn
         )
 
     def stream_info(self, stream_uuid: str, *, conn: ConnLike | None = None) -> StreamInfo:
-        """A stream's id, version, timestamps and status (``$all`` included)."""
+        """A stream's id, version, timestamps and status (``$all`` included).
+
+        Args:
+            stream_uuid: The stream.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            Its :class:`StreamInfo`; ``stream_version`` is the number of its
+            events (for ``$all``: the head, the position of the latest event).
+
+        Raises:
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: ``stream_uuid`` is not a str.
+            ValueError: ``stream_uuid`` is empty.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         return self._run(conn, lambda c: reader.stream_info(c, self._sql, stream_uuid))
 
@@ -425,7 +661,28 @@ class EventStore:
         sort_dir: str = "asc",
         conn: ConnLike | None = None,
     ) -> Page[StreamInfo]:
-        """One page of all streams (``$all`` and soft-deleted ones included)."""
+        """One page of all streams (``$all`` and soft-deleted ones included).
+
+        Args:
+            page_size: Streams per page (at least 1).
+            page_number: The page, from 1.
+            search: Only streams whose name contains this text (``%`` and
+                ``_`` match themselves).
+            sort_by: ``"stream_id"``, ``"stream_uuid"`` or ``"created_at"``.
+            sort_dir: ``"asc"`` or ``"desc"``.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            A :class:`Page` of :class:`StreamInfo` with the total count of
+            matching streams and pages.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: A page size or number below 1, an unknown sort column
+                or direction.
+        """
         check.check_int(page_size, "page_size", minimum=1)
         check.check_int(page_number, "page_number", minimum=1)
         if search is not None and not isinstance(search, str):
@@ -450,7 +707,19 @@ class EventStore:
     # -- snapshots -----------------------------------------------------------
 
     def record_snapshot(self, snapshot: SnapshotData, *, conn: ConnLike | None = None) -> None:
-        """Record a snapshot, replacing any older one of the same source."""
+        """Record a snapshot, replacing any older one of the same source.
+
+        Args:
+            snapshot: The :class:`SnapshotData` to store.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Raises:
+            TypeError: ``snapshot`` is not a SnapshotData, or its data cannot
+                be serialized.
+            ValueError: An empty source, a negative version.
+        """
         if not isinstance(snapshot, SnapshotData):
             raise TypeError(f"snapshot must be a SnapshotData, got {type(snapshot).__name__}")
         check.check_stream_uuid(snapshot.source_uuid, "snapshot.source_uuid")
@@ -460,14 +729,40 @@ class EventStore:
         self._run(conn, lambda c: snapshots.record_snapshot(c, self._sql, snapshot, data, metadata))
 
     def read_snapshot(self, source_uuid: str, *, conn: ConnLike | None = None) -> SnapshotData:
-        """The latest snapshot of ``source_uuid`` (SnapshotNotFoundError if none)."""
+        """The latest snapshot of ``source_uuid``.
+
+        Args:
+            source_uuid: The snapshot's source (an aggregate's id, say).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            The :class:`SnapshotData`, with ``created_at`` set.
+
+        Raises:
+            SnapshotNotFoundError: No snapshot of the source is recorded.
+            TypeError: ``source_uuid`` is not a str.
+            ValueError: ``source_uuid`` is empty.
+        """
         source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
         return self._run(
             conn, lambda c: snapshots.read_snapshot(c, self._sql, self.serializer, source_uuid)
         )
 
     def delete_snapshot(self, source_uuid: str, *, conn: ConnLike | None = None) -> None:
-        """Delete the snapshot of ``source_uuid``; no error when there is none."""
+        """Delete the snapshot of ``source_uuid``; no error when there is none.
+
+        Args:
+            source_uuid: The snapshot's source.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Raises:
+            TypeError: ``source_uuid`` is not a str.
+            ValueError: ``source_uuid`` is empty.
+        """
         source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
         self._run(conn, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid))
 
@@ -490,7 +785,23 @@ class EventStore:
         mapper: Callable[[RecordedEvent], Any] | None = None,
     ) -> Subscription:
         """A transient subscription to a stream or ``$all``: every event committed
-        after this returns is delivered; nothing is acknowledged or persisted."""
+        after this returns is delivered; nothing is acknowledged or persisted.
+
+        Args:
+            stream_uuid: The stream, or ``$all``.
+            handler: Called with each batch (a list) on a thread of the store;
+                without one, take batches with :meth:`Subscription.receive`.
+            selector: Deliver only the events for which it returns true.
+            mapper: Deliver ``mapper(event)`` instead of each event.
+
+        Returns:
+            The :class:`Subscription`.
+
+        Raises:
+            RuntimeError: The store is closed.
+            TypeError: A non-callable handler, selector or mapper.
+            ValueError: An empty stream name.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         for name, value in (("handler", handler), ("selector", selector), ("mapper", mapper)):
             check.check_callable(value, name)
@@ -514,7 +825,46 @@ class EventStore:
         transient: bool = False,
     ) -> Subscription:
         """A persistent subscription: at-least-once delivery from the last
-        acknowledged event, one instance across all processes."""
+        acknowledged event, one instance across all processes.
+
+        Its checkpoint is stored in the ``subscriptions`` table; an advisory
+        lock keeps one process delivering it at a time (the others wait and
+        take over when it stops).
+
+        Args:
+            stream_uuid: The stream, or ``$all``.
+            subscription_name: The subscription's name, unique per stream.
+            handler: Called with each batch; the batch is acknowledged when it
+                returns. Without one, :meth:`Subscription.receive` and
+                :meth:`Subscription.ack`.
+            start_from: :data:`ORIGIN`, :data:`CURRENT` or a position, for a
+                subscription that does not exist yet (an existing one resumes
+                after its checkpoint).
+            selector: Deliver only the events for which it returns true.
+            mapper: Deliver ``mapper(event)`` instead of each event.
+            concurrency_limit: How many subscribers may share the subscription.
+            buffer_size: Events in flight per subscriber before it must ack.
+            max_size: Events held in memory while catching up.
+            checkpoint_threshold: Acks between checkpoint writes.
+            checkpoint_after: Seconds after which a pending checkpoint is
+                written anyway.
+            partition_by: With ``concurrency_limit > 1``: events of one
+                partition go to one subscriber, in order.
+            transient: Keep no checkpoint (delivery restarts from
+                ``start_from`` each time).
+
+        Returns:
+            The :class:`Subscription`.
+
+        Raises:
+            SubscriptionAlreadyExistsError: The subscription already has its
+                one subscriber in this process.
+            TooManySubscribersError: It has ``concurrency_limit`` subscribers.
+            AlreadySubscribedError: This handler is already subscribed.
+            RuntimeError: The store is closed.
+            TypeError: An option of the wrong type.
+            ValueError: An option out of range.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         options = persistent_options(
@@ -539,11 +889,29 @@ class EventStore:
         return self._get_runner().subscribe_persistent(stream_uuid, name, handler, options)
 
     def subscribe_to_all_streams(self, subscription_name: str, **options: Any) -> Subscription:
-        """A persistent subscription to ``$all`` (options as :meth:`subscribe_to_stream`)."""
+        """A persistent subscription to ``$all`` (options as :meth:`subscribe_to_stream`).
+
+        Returns:
+            The :class:`Subscription`.
+
+        Raises:
+            The errors of :meth:`subscribe_to_stream`.
+        """
         return self.subscribe_to_stream(ALL_STREAM, subscription_name, **options)
 
     def unsubscribe_from_stream(self, stream_uuid: str, subscription_name: str) -> None:
-        """Stop the subscription's subscribers in this process; the checkpoint is kept."""
+        """Stop the subscription's subscribers in this process; the checkpoint is kept.
+
+        No error when none runs here.
+
+        Args:
+            stream_uuid: The subscribed stream, or ``$all``.
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: An argument that is not a str.
+            ValueError: An empty name.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         with self._runner_lock:
@@ -555,7 +923,18 @@ class EventStore:
         self.unsubscribe_from_stream(ALL_STREAM, subscription_name)
 
     def delete_subscription(self, stream_uuid: str, subscription_name: str) -> None:
-        """Stop any live subscriber here and delete the subscription's checkpoint."""
+        """Stop any live subscriber here and delete the subscription's checkpoint.
+
+        Its parked events go with it. No error when it does not exist.
+
+        Args:
+            stream_uuid: The subscribed stream, or ``$all``.
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: An argument that is not a str.
+            ValueError: An empty name.
+        """
         self.unsubscribe_from_stream(stream_uuid, subscription_name)
         with self._engine.begin() as conn:
             delete_subscription_row(conn, self.schema, stream_uuid, subscription_name)
@@ -574,7 +953,22 @@ class EventStore:
         *,
         conn: ConnLike | None = None,
     ) -> list[ParkedEvent]:
-        """The subscription's parked events, in event order ([] for an unknown one)."""
+        """The subscription's parked events, in event order ([] for an unknown one).
+
+        Args:
+            subscription_name: The subscription's name.
+            stream_uuid: Its stream (``$all`` by default).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            A list of :class:`ParkedEvent`.
+
+        Raises:
+            TypeError: An argument that is not a str.
+            ValueError: An empty name.
+        """
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         stream_uuid = check.check_stream_uuid(stream_uuid)
         return self._run(
@@ -596,7 +990,23 @@ class EventStore:
 
         Whichever process holds the subscription delivers them -- at once when
         it is live (it is notified), else when it next starts -- and removes
-        each once acked. Returns how many were queued.
+        each once acked.
+
+        Args:
+            subscription_name: The subscription's name.
+            stream_uuid: Its stream (``$all`` by default).
+            event_numbers: Only these (positions in the subscribed stream);
+                None for all.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            How many were queued.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: An empty name, an event number below 1.
         """
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         stream_uuid = check.check_stream_uuid(stream_uuid)
@@ -615,8 +1025,23 @@ class EventStore:
         *,
         conn: ConnLike | None = None,
     ) -> int:
-        """Remove parked events (all, or those numbered) without delivering them;
-        how many were removed."""
+        """Remove parked events (all, or those numbered) without delivering them.
+
+        Args:
+            subscription_name: The subscription's name.
+            stream_uuid: Its stream (``$all`` by default).
+            event_numbers: Only these; None for all.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            How many were removed.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: An empty name, an event number below 1.
+        """
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         stream_uuid = check.check_stream_uuid(stream_uuid)
         numbers = check.check_event_numbers(event_numbers)
