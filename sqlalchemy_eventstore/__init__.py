@@ -19,6 +19,23 @@ from ._types import (
     SnapshotData,
     StreamInfo,
 )
+from .errors import (
+    AlreadySubscribedError,
+    CannotAppendToAllStreamError,
+    CannotDeleteAllStreamError,
+    DuplicateEventError,
+    EventNotFoundError,
+    EventStoreError,
+    HardDeletesNotEnabledError,
+    SnapshotNotFoundError,
+    StreamDeletedError,
+    StreamExistsError,
+    StreamNotFoundError,
+    SubscriptionAlreadyExistsError,
+    TooManySubscribersError,
+    UnexpectedAckError,
+    WrongExpectedVersionError,
+)
 from .serializers import JsonbSerializer, JsonSerializer, MarshmallowSerializer, Serializer
 from .store import EventStore
 from .subscriptions.handle import Subscription
@@ -26,6 +43,21 @@ from .subscriptions.handle import Subscription
 __all__ = [
     "ALL_STREAM",
     "ANY_VERSION",
+    "AlreadySubscribedError",
+    "CannotAppendToAllStreamError",
+    "CannotDeleteAllStreamError",
+    "DuplicateEventError",
+    "EventNotFoundError",
+    "EventStoreError",
+    "HardDeletesNotEnabledError",
+    "SnapshotNotFoundError",
+    "StreamDeletedError",
+    "StreamExistsError",
+    "StreamNotFoundError",
+    "SubscriptionAlreadyExistsError",
+    "TooManySubscribersError",
+    "UnexpectedAckError",
+    "WrongExpectedVersionError",
     "CURRENT",
     "NO_STREAM",
     "ORIGIN",
