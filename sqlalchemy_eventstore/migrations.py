@@ -56,7 +56,7 @@ Your own revisions live on their own branch: create the first with
 ``alembic revision -m "..." --head=base --branch-label=app
 --version-path=migrations/versions``, and each later one with
 ``--head=app@head`` (the script directory has two heads).
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
