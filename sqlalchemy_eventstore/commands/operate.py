@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from sqlalchemy.engine import URL
 
 from .. import _validation
+from .._raw import RawSerializer
 from .._types import ALL_STREAM, RecordedEvent
 from ..storage import overview
 from ..storage.overview import StoreOverview, SubscriptionInfo
@@ -226,19 +227,6 @@ def subscription_delete(
 # -- tail ------------------------------------------------------------------------------
 
 
-class _RawSerializer:
-    """Hands the stored payload back untouched: ``tail`` shows what any serializer wrote."""
-
-    def __init__(self, column_data_type: str) -> None:
-        self.column_data_type = column_data_type
-
-    def serialize(self, term: Any, type: str | None = None) -> bytes | str:
-        raise TypeError("the tail command does not write")
-
-    def deserialize(self, data: Any, type: str | None = None) -> Any:
-        return data
-
-
 def _readable(value: Any) -> tuple[Any, str]:
     """A payload for JSON output: decoded JSON when it is JSON, else text or base64."""
     if isinstance(value, (bytes, bytearray, memoryview)):
@@ -326,7 +314,7 @@ def tail(
                 engine,
                 schema=schema,
                 column_data_type=column_type,
-                serializer=_RawSerializer(column_type),
+                serializer=RawSerializer(column_type),
                 name="eventstore-tail",
             ) as store:
                 subscription = store.subscribe(stream, handler=show)
