@@ -154,7 +154,8 @@ def streams(ctx: Context, number: int, search: str) -> tuple[str, str]:
         if rows
         else '<p class="muted">No stream matches.</p>'
     )
-    count = f'<p class="muted">{esc(found.total_entries)} streams</p>'
+    plural = "" if found.total_entries == 1 else "s"
+    count = f'<p class="muted">{esc(found.total_entries)} stream{plural}</p>'
     pager = _pager(ctx, "/streams", number, found.total_pages, search=search)
     return "Streams", form + count + listing + pager
 
