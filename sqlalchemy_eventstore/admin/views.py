@@ -77,11 +77,15 @@ def _subscription_rows(ctx: Context, infos: list[SubscriptionInfo]) -> list[list
                 name=info.subscription_name,
                 stream=info.stream_uuid,
             )
-        reset = ctx.form(
-            "/subscriptions/reset",
-            {"name": info.subscription_name, "stream": info.stream_uuid, "to": 0},
-            "reset to 0",
-            "replay the whole stream to this subscription",
+        reset = (
+            ""
+            if info.running
+            else ctx.form(
+                "/subscriptions/reset",
+                {"name": info.subscription_name, "stream": info.stream_uuid, "to": 0},
+                "reset to 0",
+                "replay the whole stream to this subscription",
+            )
         )
         rows.append(
             [
