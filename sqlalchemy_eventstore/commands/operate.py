@@ -97,7 +97,15 @@ def status(
     """The head of ``$all``, the number of streams, each subscription with its
     checkpoint, lag (events of its stream after the checkpoint), parked events
     and whether a subscriber runs it; printed unless ``quiet`` (``as_json``:
-    one JSON document)."""
+    one JSON document).
+
+    Returns:
+        The :class:`~sqlalchemy_eventstore.storage.overview.StoreOverview`.
+
+    Raises:
+        CommandError: A bad URL, an unreachable server, a schema without an
+            event store.
+    """
     given, url_ = _parse_url(url)
     _check_schema(schema)
     with (
@@ -129,7 +137,15 @@ def subscriptions_list(
     url: str | URL, schema: str = "public", quiet: bool = False, *, as_json: bool = False
 ) -> list[SubscriptionInfo]:
     """Every persistent subscription with its checkpoint, lag, parked count and state
-    (``as_json``: one JSON object per line)."""
+    (``as_json``: one JSON object per line).
+
+    Returns:
+        One ``SubscriptionInfo`` each, by stream then name.
+
+    Raises:
+        CommandError: A bad URL, an unreachable server, a schema without an
+            event store.
+    """
     given, url_ = _parse_url(url)
     _check_schema(schema)
     with (
@@ -196,8 +212,16 @@ def subscription_reset(
     stream_uuid: str = ALL_STREAM,
 ) -> SubscriptionInfo:
     """Move a subscription's checkpoint to ``to`` (0: from the start); its subscriber
-    then receives the events after it. Refused while a subscriber runs it, and
-    past the head of its stream. Returns the subscription as it was."""
+    then receives the events after it.
+
+    Returns:
+        The subscription as it was before the reset.
+
+    Raises:
+        CommandError: No such subscription; a subscriber runs it (it would
+            overwrite the change); ``to`` is negative or past the head of the
+            stream; or the database failed.
+    """
     if isinstance(to, bool) or not isinstance(to, int) or to < 0:
         raise CommandError(f"the position to reset to must be an integer >= 0, got {to!r}")
     info = _change("reset", url, subscription_name, schema, stream_uuid, to)
@@ -217,8 +241,15 @@ def subscription_delete(
     *,
     stream_uuid: str = ALL_STREAM,
 ) -> SubscriptionInfo:
-    """Delete a subscription: its checkpoint and its parked events. Refused while a
-    subscriber runs it. Returns the subscription as it was."""
+    """Delete a subscription: its checkpoint and its parked events.
+
+    Returns:
+        The subscription as it was.
+
+    Raises:
+        CommandError: No such subscription; a subscriber runs it; or the
+            database failed.
+    """
     info = _change("delete", url, subscription_name, schema, stream_uuid, None)
     _say(quiet, f'Subscription "{info.subscription_name}" to {info.stream_uuid} deleted.')
     return info
@@ -288,6 +319,24 @@ def tail(
     A transient subscription: only events committed after it started are
     shown. ``as_json`` prints one JSON object per line. A note saying what is
     followed goes to standard error once subscribed (not when ``quiet``).
+
+    Args:
+        url: The database URL.
+        stream_uuid: The stream to follow (``$all``: every stream).
+        schema: The event store's schema.
+        quiet: No note on standard error.
+        as_json: JSON lines (``stream_uuid``, ``event_number``, ``event_type``,
+            ``data``, ...) instead of text lines.
+        stop: Set it to end the command (the console command sets it on
+            SIGINT and SIGTERM).
+        out: Where to print (standard output by default).
+
+    Returns:
+        How many events it printed.
+
+    Raises:
+        CommandError: A bad URL, an unreachable server, a schema without an
+            event store, no subscription within 30 seconds.
     """
     given, url_ = _parse_url(url)
     _check_schema(schema)
