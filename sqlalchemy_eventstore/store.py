@@ -472,6 +472,12 @@ class EventStore:
 
         As :meth:`read_stream_forward` on ``$all``.
 
+        Args:
+            start_version: The first global position to read.
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
+
         Returns:
             The events in commit order.
 
@@ -487,6 +493,12 @@ class EventStore:
         """Up to ``count`` events of ``$all``, newest first.
 
         As :meth:`read_stream_backward` on ``$all``.
+
+        Args:
+            start_version: The first (highest) position to read; -1 for the head.
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
 
         Returns:
             The events, newest first.
@@ -598,6 +610,12 @@ class EventStore:
     ) -> Iterator[RecordedEvent]:
         """Lazily iterate ``$all`` in global order (as :meth:`stream_forward`).
 
+        Args:
+            start_version: The first global position to yield.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
+
         Returns:
             An iterator of :class:`RecordedEvent` in commit order.
 
@@ -617,6 +635,12 @@ class EventStore:
         conn: ConnLike | None = None,
     ) -> Iterator[RecordedEvent]:
         """Lazily iterate ``$all`` newest first (as :meth:`stream_backward`).
+
+        Args:
+            start_version: The first (highest) position to yield; -1 for the head.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
 
         Returns:
             An iterator of :class:`RecordedEvent`, newest first.
@@ -920,6 +944,15 @@ class EventStore:
             runner.unsubscribe_all((stream_uuid, name))
 
     def unsubscribe_from_all_streams(self, subscription_name: str) -> None:
+        """:meth:`unsubscribe_from_stream` of a subscription to ``$all``.
+
+        Args:
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: The name is not a str.
+            ValueError: The name is empty.
+        """
         self.unsubscribe_from_stream(ALL_STREAM, subscription_name)
 
     def delete_subscription(self, stream_uuid: str, subscription_name: str) -> None:
@@ -940,6 +973,15 @@ class EventStore:
             delete_subscription_row(conn, self.schema, stream_uuid, subscription_name)
 
     def delete_all_streams_subscription(self, subscription_name: str) -> None:
+        """:meth:`delete_subscription` of a subscription to ``$all``.
+
+        Args:
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: The name is not a str.
+            ValueError: The name is empty.
+        """
         self.delete_subscription(ALL_STREAM, subscription_name)
 
     # -- parked events -------------------------------------------------------------
