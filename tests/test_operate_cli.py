@@ -302,3 +302,16 @@ def test_tail_one_stream_in_human_lines(make_store, database_url) -> None:
             process.wait()
     assert process.returncode == 0, err
     assert "Other" not in out
+
+
+@pytest.mark.parametrize("command", ["status", "tail", "subscriptions"])
+def test_failures_are_one_line(command: str, database_url) -> None:
+    from .test_cli import closed_port
+
+    url = f"postgresql://admin:s3cr3t-pw@127.0.0.1:{closed_port()}/nowhere"
+    line = assert_failed(run(command, "--url", url), "cannot connect to", "***")
+    assert "s3cr3t-pw" not in line
+    assert_failed(
+        run(command, "--url", url_text(database_url), "--schema", "no_such_schema"),
+        "eventstore init",
+    )
