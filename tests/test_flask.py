@@ -409,3 +409,25 @@ def test_the_package_imports_without_flask() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'sqlalchemy-eventstore[flask]'" in result.stdout
+
+
+def test_the_admin_page_mounts_in_the_app(make_app: Callable[..., App]) -> None:
+    """As docs/admin.md shows: DispatcherMiddleware in front of the Flask app."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from sqlalchemy_eventstore.admin import make_admin_app
+
+    t = make_app()
+    with t.app.app_context():
+        admin = make_admin_app(
+            t.events.store, authorize=lambda environ: environ.get("HTTP_X_ROLE") == "admin"
+        )
+    t.app.wsgi_app = DispatcherMiddleware(t.app.wsgi_app, {"/admin/events": admin})  # type: ignore[method-assign]
+    client = t.app.test_client()
+    assert client.post("/orders/A-1").status_code == 201  # the app still answers
+    assert client.get("/admin/events/").status_code == 403
+    page = client.get("/admin/events/stream?id=order-A-1", headers={"X-Role": "admin"})
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "OrderPlaced" in body
+    assert 'href="/admin/events/event?stream=order-A-1&amp;n=1"' in body
