@@ -56,6 +56,10 @@ def test_status_answers_how_far_behind_and_what_is_stuck(busy_store, database_ur
 
     document = json.loads(assert_ok(run("status", "--json", *args_for(busy_store, database_url))))
     assert (document["head"], document["streams"], document["schema"]) == (5, 2, busy_store.schema)
+    on_psycopg3 = database_url.set(drivername="postgresql+psycopg")
+    assert json.loads(assert_ok(run("status", "--json", *args_for(busy_store, on_psycopg3)))) == (
+        document
+    )
     by_name = {s["subscription_name"]: s for s in document["subscriptions"]}
     assert by_name["projector"]["lag"] == 3
     assert by_name["projector"]["parked"] == 1
