@@ -311,7 +311,7 @@ class EventStore:
                 committed at once.
 
         Raises:
-            EventNotFoundError: An event id is not stored.
+            EventNotFoundError: An event id is not stored (nothing is linked).
             DuplicateEventError: An event is already linked to the stream.
             WrongExpectedVersionError: The stream is at another version.
             StreamExistsError: :data:`NO_STREAM` was expected, the stream exists.
@@ -664,7 +664,8 @@ class EventStore:
 
         Returns:
             Its :class:`StreamInfo`; ``stream_version`` is the number of its
-            events (for ``$all``: the head, the position of the latest event).
+            events (for ``$all``, whose id is 0: the head, the position of the
+            latest event).
 
         Raises:
             StreamNotFoundError: The stream does not exist.
@@ -692,7 +693,8 @@ class EventStore:
             page_number: The page, from 1.
             search: Only streams whose name contains this text (``%`` and
                 ``_`` match themselves).
-            sort_by: ``"stream_id"``, ``"stream_uuid"`` or ``"created_at"``.
+            sort_by: ``"stream_id"``, ``"stream_uuid"``, ``"stream_version"``,
+                ``"created_at"`` or ``"deleted_at"``.
             sort_dir: ``"asc"`` or ``"desc"``.
             conn: A ``Session`` or ``Connection`` whose transaction the call joins
                 (nothing is committed); by default the store's own connection,
@@ -700,7 +702,7 @@ class EventStore:
 
         Returns:
             A :class:`Page` of :class:`StreamInfo` with the total count of
-            matching streams and pages.
+            matching streams and pages (no match: an empty page, one page).
 
         Raises:
             TypeError: An argument of the wrong type.
