@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
+from ._validation import check_schema
 from .errors import EventStoreError
 from .storage import upgrades
 from .storage.schema import SCHEMA_LOCK_KEY, quote_ident
@@ -92,8 +93,11 @@ def _database_name(given: URL) -> str:
 
 
 def _check_schema(schema: str) -> None:
-    if not isinstance(schema, str) or not schema:
-        raise CommandError("the schema must be a non-empty name")
+    """The rule ``EventStore(schema=...)`` applies, as a CommandError."""
+    try:
+        check_schema(schema, "--schema")
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
 
 
 def _one_line(error: BaseException) -> str:

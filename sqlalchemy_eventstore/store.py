@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import enum
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
@@ -31,7 +32,7 @@ from .errors import (
 )
 from .serializers import JsonbSerializer, JsonSerializer, Serializer
 from .storage import appender, reader, snapshots, streams
-from .storage.connection import ConnLike, connection
+from .storage.connection import Connector, ConnLike
 from .storage.schema import create_schema
 from .storage.sql import SORT_COLUMNS, Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
@@ -47,10 +48,26 @@ _instances: weakref.WeakSet[EventStore] = weakref.WeakSet()
 _instances_lock = threading.Lock()
 
 
+class _StoreTimeout(enum.Enum):
+    """The default of every call's ``timeout=``: the store's own timeout."""
+
+    DEFAULT = "the store's timeout"
+
+    def __repr__(self) -> str:
+        return "<the store's timeout>"
+
+
+_STORE_TIMEOUT = _StoreTimeout.DEFAULT
+#: A call's ``timeout=``: seconds, None for no limit, or (left out) the store's.
+Timeout = float | None | Literal[_StoreTimeout.DEFAULT]
+
+
 def _engine_url(url: str | URL) -> URL:
     parsed = make_url(url)
     if parsed.drivername in ("postgres", "postgresql"):
-        # psycopg2 is the default driver; "postgres://" is the libpq/Heroku spelling.
+        # psycopg2 is the driver the package always installs; "postgres://" is
+        # the libpq/Heroku spelling. (An Engine passed in keeps the driver
+        # SQLAlchemy chose for it: psycopg 3 for "postgresql://" on 2.1.)
         parsed = parsed.set(drivername="postgresql+psycopg2")
     return parsed
 
@@ -60,8 +77,21 @@ class EventStore:
 
     ``url_or_engine`` is a database URL, or an existing ``Engine`` whose pool
     the store then shares (and does not dispose of on :meth:`close`). Every
-    operation takes ``conn=``: a ``Session`` or ``Connection`` in the caller's
-    transaction, which the operation joins without committing.
+    operation takes ``conn=``: a ``Session``, ``scoped_session`` or
+    ``Connection`` in the caller's transaction, which the operation joins
+    without committing.
+
+    ``schema`` is the Postgres schema holding the store's tables: any name
+    whose UTF-8 is at most 56 bytes (its NOTIFY channel ``"<schema>.events"``
+    must fit PostgreSQL's 63), without ``%`` and not starting with ``pg_``;
+    ValueError otherwise.
+
+    ``timeout`` (seconds; None: no limit) bounds how long each storage call
+    waits on the database -- as PostgreSQL's ``statement_timeout`` on the
+    call's statements, and, for an engine the store makes from a URL, as its
+    pool's wait for a free connection. Each call can override it with its own
+    ``timeout=``. Running out raises :class:`~.errors.StoreTimeoutError` with
+    nothing written.
 
     ``session_mode_url`` marks ``url`` as a transaction-mode pooler
     (PgBouncer): LISTEN and the advisory locks then connect there instead, and
@@ -81,6 +111,7 @@ class EventStore:
         session_mode_url: str | URL | None = None,
         subscription_retry_interval: float = 60.0,
         name: str | None = None,
+        timeout: float | None = 15.0,
     ) -> None:
         if column_data_type not in ("bytea", "jsonb"):
             raise ValueError(
@@ -102,8 +133,7 @@ class EventStore:
                 f"serializer {type(chosen).__name__} writes {serializer_type!r} but "
                 f"column_data_type is {column_data_type!r}; use a matching serializer"
             )
-        if not isinstance(schema, str) or not schema:
-            raise ValueError("schema must be a non-empty str")
+        schema = check.check_schema(schema)
         if isinstance(subscription_retry_interval, bool) or not isinstance(
             subscription_retry_interval, (int, float)
         ):
@@ -112,6 +142,7 @@ class EventStore:
             raise ValueError("subscription_retry_interval must be > 0")
         if name is not None and not isinstance(name, str):
             raise TypeError("name must be a str or None")
+        self.timeout = check.check_timeout(timeout)
 
         if isinstance(url_or_engine, Engine):
             self._engine = url_or_engine
@@ -133,7 +164,9 @@ class EventStore:
                 # (PgBouncer): psycopg 3's automatic server-side prepared
                 # statements would meet server connections that never saw them.
                 connect_args["prepare_threshold"] = None
-            self._engine = create_engine(url, connect_args=connect_args)
+            # Waiting for a free pooled connection counts as waiting on the
+            # database: as long as the store's timeout (None: no limit).
+            self._engine = create_engine(url, connect_args=connect_args, pool_timeout=self.timeout)
             self._owns_engine = True
         else:
             raise TypeError(
@@ -148,6 +181,15 @@ class EventStore:
         self.subscription_retry_interval = float(subscription_retry_interval)
         self.name = name
         self._sql = Statements(schema, column_data_type)
+        # How a call's timeout reaches PostgreSQL (see storage.connection):
+        # kept on the store's own connections, set per transaction through a
+        # transaction-mode pooler, set and put back on a caller's Engine.
+        self._connector = Connector(
+            self._engine,
+            "local"
+            if self.session_mode_url is not None
+            else ("session" if self._owns_engine else "restore"),
+        )
         self._closed = False
         self._runner: Runner | None = None
         self._runner_lock = threading.Lock()
@@ -207,10 +249,21 @@ class EventStore:
             f"url={self._engine.url.render_as_string(hide_password=True)!r}>"
         )
 
+    def _seconds(self, timeout: Timeout) -> float | None:
+        """A call's ``timeout=`` checked, the store's when left out."""
+        if timeout is _STORE_TIMEOUT:
+            return self.timeout
+        return check.check_timeout(timeout)
+
     def _run(
-        self, conn: ConnLike | None, work: Callable[[Connection], T], *, tx: bool = False
+        self,
+        conn: ConnLike | None,
+        seconds: float | None,
+        work: Callable[[Connection], T],
+        *,
+        tx: bool = False,
     ) -> T:
-        with connection(self._engine, conn, transaction=tx) as c:
+        with self._connector.connect(conn, transaction=tx, timeout=seconds) as c:
             return work(c)
 
     # -- writing -----------------------------------------------------------
@@ -222,14 +275,27 @@ class EventStore:
         events: Any,
         *,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> None:
-        """Append events atomically, checking the stream's expected version."""
+        """Append ``events`` (a non-empty list of EventData) to a stream, all or none.
+
+        ``expected_version`` is the stream's current version (0: a new
+        stream), ANY_VERSION, NO_STREAM or STREAM_EXISTS. Raises
+        WrongExpectedVersionError, StreamExistsError, StreamNotFoundError,
+        StreamDeletedError, CannotAppendToAllStreamError, DuplicateEventError,
+        StoreTimeoutError; ValueError/TypeError for bad arguments.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         expected = check.check_expected_version(expected_version)
+        seconds = self._seconds(timeout)
         prepared = check.prepare_events(events, self.serializer)
         if stream_uuid == ALL_STREAM:
             raise CannotAppendToAllStreamError("cannot append to the $all stream")
-        self._run(conn, lambda c: appender.append(c, self._sql, stream_uuid, expected, prepared))
+        self._run(
+            conn,
+            seconds,
+            lambda c: appender.append(c, self._sql, stream_uuid, expected, prepared),
+        )
 
     def link_to_stream(
         self,
@@ -238,14 +304,26 @@ class EventStore:
         events_or_event_ids: Any,
         *,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> None:
-        """Link already stored events (RecordedEvents or event ids) into a stream."""
+        """Link already stored events (RecordedEvents or event ids) into a stream.
+
+        The expected-version rules of :meth:`append_to_stream`. Raises
+        EventNotFoundError (an id not stored: nothing is linked),
+        DuplicateEventError (already linked there), CannotAppendToAllStreamError,
+        the expected-version errors and StoreTimeoutError.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         expected = check.check_expected_version(expected_version)
+        seconds = self._seconds(timeout)
         event_ids = check.event_ids_to_link(events_or_event_ids)
         if stream_uuid == ALL_STREAM:
             raise CannotAppendToAllStreamError("cannot link events to the $all stream")
-        self._run(conn, lambda c: appender.link(c, self._sql, stream_uuid, expected, event_ids))
+        self._run(
+            conn,
+            seconds,
+            lambda c: appender.link(c, self._sql, stream_uuid, expected, event_ids),
+        )
 
     def delete_stream(
         self,
@@ -254,14 +332,22 @@ class EventStore:
         *,
         hard: bool = False,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> None:
-        """Soft delete a stream, or hard delete it with its events."""
+        """Soft delete a stream (``hard=True``: remove it and its events everywhere).
+
+        ``expected_version`` is ANY_VERSION, STREAM_EXISTS or an int. Raises
+        StreamNotFoundError, StreamDeletedError, WrongExpectedVersionError,
+        CannotDeleteAllStreamError, HardDeletesNotEnabledError (hard delete on
+        a store without ``enable_hard_deletes``) and StoreTimeoutError.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         expected = check.check_expected_version(
             expected_version, allowed=(ANY_VERSION, STREAM_EXISTS)
         )
         if not isinstance(hard, bool):
             raise TypeError("hard must be a bool")
+        seconds = self._seconds(timeout)
         if stream_uuid == ALL_STREAM:
             raise CannotDeleteAllStreamError("cannot delete the $all stream")
         if hard and not self.enable_hard_deletes:
@@ -270,26 +356,65 @@ class EventStore:
             )
         self._run(
             conn,
+            seconds,
             lambda c: streams.delete_stream(c, self._sql, stream_uuid, expected, hard=hard),
             tx=hard,
         )
 
     # -- reading -----------------------------------------------------------
+    #
+    # Every read method is one call of _reader: it checks the arguments and
+    # returns a function reading ``count`` events from a position, used once
+    # by the read_* methods and batch after batch by the lazy stream_* ones.
 
-    def _read(
+    def _reader(
         self,
         stream_uuid: str,
         start_version: int,
-        count: int,
+        *,
         forward: bool,
         conn: ConnLike | None,
-    ) -> list[RecordedEvent]:
-        return self._run(
-            conn,
-            lambda c: reader.read_events(
-                c, self._sql, self.serializer, stream_uuid, start_version, count, forward=forward
-            ),
-        )
+        timeout: Timeout,
+    ) -> Callable[[int, int], list[RecordedEvent]]:
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        check.check_int(start_version, "start_version", minimum=0 if forward else -1)
+        seconds = self._seconds(timeout)
+
+        def read(start: int, count: int) -> list[RecordedEvent]:
+            return self._run(
+                conn,
+                seconds,
+                lambda c: reader.read_events(
+                    c, self._sql, self.serializer, stream_uuid, start, count, forward=forward
+                ),
+            )
+
+        return read
+
+    @staticmethod
+    def _lazily(
+        read: Callable[[int, int], list[RecordedEvent]],
+        start_version: int,
+        read_batch_size: Any,
+        forward: bool,
+    ) -> Iterator[RecordedEvent]:
+        size = check.check_int(read_batch_size, "read_batch_size", minimum=1)
+        # The first batch is read now, so a missing or deleted stream raises at
+        # the call, not at the first next(); later batches are read on demand.
+        first = read(start_version, size)
+
+        def batches() -> Iterator[RecordedEvent]:
+            current = first
+            while current:
+                yield from current
+                if len(current) < size:
+                    return
+                following = current[-1].event_number + (1 if forward else -1)
+                if following < 1:
+                    return
+                current = read(following, size)
+
+        return batches()
 
     def read_stream_forward(
         self,
@@ -298,12 +423,15 @@ class EventStore:
         count: int = 1000,
         *,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> list[RecordedEvent]:
-        """Up to ``count`` events of a stream from ``start_version`` on."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=0)
-        check.check_count(count)
-        return self._read(stream_uuid, start_version, count, True, conn)
+        """Up to ``count`` events of a stream from ``start_version`` on.
+
+        Raises StreamNotFoundError (no such stream, or hard deleted),
+        StreamDeletedError (soft deleted) and StoreTimeoutError.
+        """
+        read = self._reader(stream_uuid, start_version, forward=True, conn=conn, timeout=timeout)
+        return read(start_version, check.check_count(count))
 
     def read_stream_backward(
         self,
@@ -312,50 +440,36 @@ class EventStore:
         count: int = 1000,
         *,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> list[RecordedEvent]:
         """Up to ``count`` events of a stream, newest first, from ``start_version``
-        down (-1: from the end)."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=-1)
-        check.check_count(count)
-        return self._read(stream_uuid, start_version, count, False, conn)
+        down (-1: from the end). Raises as :meth:`read_stream_forward`."""
+        read = self._reader(stream_uuid, start_version, forward=False, conn=conn, timeout=timeout)
+        return read(start_version, check.check_count(count))
 
     def read_all_streams_forward(
-        self, start_version: int = 0, count: int = 1000, *, conn: ConnLike | None = None
+        self,
+        start_version: int = 0,
+        count: int = 1000,
+        *,
+        conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> list[RecordedEvent]:
         """Up to ``count`` events of ``$all`` from global position ``start_version`` on."""
-        return self.read_stream_forward(ALL_STREAM, start_version, count, conn=conn)
+        read = self._reader(ALL_STREAM, start_version, forward=True, conn=conn, timeout=timeout)
+        return read(start_version, check.check_count(count))
 
     def read_all_streams_backward(
-        self, start_version: int = -1, count: int = 1000, *, conn: ConnLike | None = None
-    ) -> list[RecordedEvent]:
-        """Up to ``count`` events of ``$all``, newest first."""
-        return self.read_stream_backward(ALL_STREAM, start_version, count, conn=conn)
-
-    def _iterate(
         self,
-        stream_uuid: str,
-        start_version: int,
-        read_batch_size: int,
-        forward: bool,
-        conn: ConnLike | None,
-    ) -> Iterator[RecordedEvent]:
-        # The first batch is read now, so a missing or deleted stream raises at
-        # the call, not at the first next(); later batches are read on demand.
-        batch = self._read(stream_uuid, start_version, read_batch_size, forward, conn)
-
-        def batches() -> Iterator[RecordedEvent]:
-            current = batch
-            while current:
-                yield from current
-                if len(current) < read_batch_size:
-                    return
-                following = current[-1].event_number + (1 if forward else -1)
-                if following < 1:
-                    return
-                current = self._read(stream_uuid, following, read_batch_size, forward, conn)
-
-        return batches()
+        start_version: int = -1,
+        count: int = 1000,
+        *,
+        conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
+    ) -> list[RecordedEvent]:
+        """Up to ``count`` events of ``$all``, newest first (-1: from the end)."""
+        read = self._reader(ALL_STREAM, start_version, forward=False, conn=conn, timeout=timeout)
+        return read(start_version, check.check_count(count))
 
     def stream_forward(
         self,
@@ -364,12 +478,16 @@ class EventStore:
         *,
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate a stream's events; memory stays bounded by ``read_batch_size``."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=0)
-        check.check_int(read_batch_size, "read_batch_size", minimum=1)
-        return self._iterate(stream_uuid, start_version, read_batch_size, True, conn)
+        """Lazily iterate a stream's events; memory stays bounded by ``read_batch_size``.
+
+        The first batch is read at the call (so its errors raise here, as
+        :meth:`read_stream_forward`'s); each later one when needed, under the
+        same ``timeout``.
+        """
+        read = self._reader(stream_uuid, start_version, forward=True, conn=conn, timeout=timeout)
+        return self._lazily(read, start_version, read_batch_size, True)
 
     def stream_backward(
         self,
@@ -378,12 +496,11 @@ class EventStore:
         *,
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate a stream's events newest first."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=-1)
-        check.check_int(read_batch_size, "read_batch_size", minimum=1)
-        return self._iterate(stream_uuid, start_version, read_batch_size, False, conn)
+        """Lazily iterate a stream's events newest first (as :meth:`stream_forward`)."""
+        read = self._reader(stream_uuid, start_version, forward=False, conn=conn, timeout=timeout)
+        return self._lazily(read, start_version, read_batch_size, False)
 
     def stream_all_forward(
         self,
@@ -391,11 +508,11 @@ class EventStore:
         *,
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` in global order."""
-        return self.stream_forward(
-            ALL_STREAM, start_version, read_batch_size=read_batch_size, conn=conn
-        )
+        """Lazily iterate ``$all`` in global order (as :meth:`stream_forward`)."""
+        read = self._reader(ALL_STREAM, start_version, forward=True, conn=conn, timeout=timeout)
+        return self._lazily(read, start_version, read_batch_size, True)
 
     def stream_all_backward(
         self,
@@ -403,16 +520,25 @@ class EventStore:
         *,
         read_batch_size: int = 1000,
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` newest first."""
-        return self.stream_backward(
-            ALL_STREAM, start_version, read_batch_size=read_batch_size, conn=conn
-        )
+        """Lazily iterate ``$all`` newest first (as :meth:`stream_forward`)."""
+        read = self._reader(ALL_STREAM, start_version, forward=False, conn=conn, timeout=timeout)
+        return self._lazily(read, start_version, read_batch_size, False)
 
-    def stream_info(self, stream_uuid: str, *, conn: ConnLike | None = None) -> StreamInfo:
-        """A stream's id, version, timestamps and status (``$all`` included)."""
+    def stream_info(
+        self,
+        stream_uuid: str,
+        *,
+        conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
+    ) -> StreamInfo:
+        """A stream's id, version, timestamps and status (``$all``: id 0, the last
+        global position). Raises StreamNotFoundError, StreamDeletedError and
+        StoreTimeoutError."""
         stream_uuid = check.check_stream_uuid(stream_uuid)
-        return self._run(conn, lambda c: reader.stream_info(c, self._sql, stream_uuid))
+        seconds = self._seconds(timeout)
+        return self._run(conn, seconds, lambda c: reader.stream_info(c, self._sql, stream_uuid))
 
     def paginate_streams(
         self,
@@ -423,8 +549,15 @@ class EventStore:
         sort_by: str = "stream_id",
         sort_dir: str = "asc",
         conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> Page[StreamInfo]:
-        """One page of all streams (``$all`` and soft-deleted ones included)."""
+        """One page of all streams (``$all`` and soft-deleted ones included).
+
+        ``search`` matches stream_uuid as a literal substring; ``sort_by`` is
+        one of stream_id, stream_uuid, stream_version, created_at, deleted_at;
+        ``sort_dir`` asc or desc. With no match the page is empty and
+        ``total_pages`` is 1. Raises StoreTimeoutError.
+        """
         check.check_int(page_size, "page_size", minimum=1)
         check.check_int(page_number, "page_number", minimum=1)
         if search is not None and not isinstance(search, str):
@@ -433,8 +566,10 @@ class EventStore:
             raise ValueError(f"sort_by must be one of {', '.join(SORT_COLUMNS)}, got {sort_by!r}")
         if not isinstance(sort_dir, str) or sort_dir.lower() not in ("asc", "desc"):
             raise ValueError(f"sort_dir must be 'asc' or 'desc', got {sort_dir!r}")
+        seconds = self._seconds(timeout)
         return self._run(
             conn,
+            seconds,
             lambda c: reader.paginate_streams(
                 c,
                 self._sql,
@@ -448,27 +583,63 @@ class EventStore:
 
     # -- snapshots -----------------------------------------------------------
 
-    def record_snapshot(self, snapshot: SnapshotData, *, conn: ConnLike | None = None) -> None:
-        """Record a snapshot, replacing any older one of the same source."""
+    def record_snapshot(
+        self,
+        snapshot: SnapshotData,
+        *,
+        conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
+    ) -> None:
+        """Record a snapshot, replacing any older one of the same source.
+
+        Raises StoreTimeoutError; TypeError/ValueError for a bad snapshot.
+        """
         if not isinstance(snapshot, SnapshotData):
             raise TypeError(f"snapshot must be a SnapshotData, got {type(snapshot).__name__}")
         check.check_stream_uuid(snapshot.source_uuid, "snapshot.source_uuid")
         check.check_int(snapshot.source_version, "snapshot.source_version", minimum=0)
         check.check_stream_uuid(snapshot.source_type, "snapshot.source_type")
+        seconds = self._seconds(timeout)
         data, metadata = check.serialize_snapshot(snapshot, self.serializer)
-        self._run(conn, lambda c: snapshots.record_snapshot(c, self._sql, snapshot, data, metadata))
-
-    def read_snapshot(self, source_uuid: str, *, conn: ConnLike | None = None) -> SnapshotData:
-        """The latest snapshot of ``source_uuid`` (SnapshotNotFoundError if none)."""
-        source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
-        return self._run(
-            conn, lambda c: snapshots.read_snapshot(c, self._sql, self.serializer, source_uuid)
+        self._run(
+            conn,
+            seconds,
+            lambda c: snapshots.record_snapshot(c, self._sql, snapshot, data, metadata),
         )
 
-    def delete_snapshot(self, source_uuid: str, *, conn: ConnLike | None = None) -> None:
-        """Delete the snapshot of ``source_uuid``; no error when there is none."""
+    def read_snapshot(
+        self,
+        source_uuid: str,
+        *,
+        conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
+    ) -> SnapshotData:
+        """The latest snapshot of ``source_uuid``.
+
+        Raises SnapshotNotFoundError when there is none, and StoreTimeoutError.
+        """
         source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
-        self._run(conn, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid))
+        seconds = self._seconds(timeout)
+        return self._run(
+            conn,
+            seconds,
+            lambda c: snapshots.read_snapshot(c, self._sql, self.serializer, source_uuid),
+        )
+
+    def delete_snapshot(
+        self,
+        source_uuid: str,
+        *,
+        conn: ConnLike | None = None,
+        timeout: Timeout = _STORE_TIMEOUT,
+    ) -> None:
+        """Delete the snapshot of ``source_uuid``; no error when there is none.
+
+        Raises StoreTimeoutError.
+        """
+        source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
+        seconds = self._seconds(timeout)
+        self._run(conn, seconds, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid))
 
     # -- subscriptions -----------------------------------------------------------
 
