@@ -148,7 +148,8 @@ def make_store(database_url: URL, admin_engine: Engine) -> Iterator[Callable[...
         store.close()
     with admin_engine.connect() as conn:
         for schema in schemas:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            quoted = '"' + schema.replace('"', '""') + '"'
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
 
 
 @pytest.fixture(params=["psycopg2", "psycopg"])
