@@ -19,6 +19,7 @@ from ._types import (
     ORIGIN,
     STREAM_EXISTS,
     Page,
+    ParkedEvent,
     RecordedEvent,
     SnapshotData,
     StreamInfo,
@@ -31,7 +32,7 @@ from .errors import (
     StreamNotFoundError,
 )
 from .serializers import JsonbSerializer, JsonSerializer, Serializer
-from .storage import appender, reader, snapshots, streams
+from .storage import appender, parked, reader, snapshots, streams
 from .storage.connection import Connector, ConnLike
 from .storage.schema import create_schema
 from .storage.sql import SORT_COLUMNS, Statements
@@ -258,11 +259,13 @@ class EventStore:
     def _run(
         self,
         conn: ConnLike | None,
-        seconds: float | None,
         work: Callable[[Connection], T],
         *,
         tx: bool = False,
+        timeout: Timeout = _STORE_TIMEOUT,
     ) -> T:
+        """``work`` on the connection of a call (``conn=``'s or a pooled one)."""
+        seconds = self._seconds(timeout)
         with self._connector.connect(conn, transaction=tx, timeout=seconds) as c:
             return work(c)
 
@@ -293,8 +296,8 @@ class EventStore:
             raise CannotAppendToAllStreamError("cannot append to the $all stream")
         self._run(
             conn,
-            seconds,
             lambda c: appender.append(c, self._sql, stream_uuid, expected, prepared),
+            timeout=seconds,
         )
 
     def link_to_stream(
@@ -321,8 +324,8 @@ class EventStore:
             raise CannotAppendToAllStreamError("cannot link events to the $all stream")
         self._run(
             conn,
-            seconds,
             lambda c: appender.link(c, self._sql, stream_uuid, expected, event_ids),
+            timeout=seconds,
         )
 
     def delete_stream(
@@ -356,9 +359,9 @@ class EventStore:
             )
         self._run(
             conn,
-            seconds,
             lambda c: streams.delete_stream(c, self._sql, stream_uuid, expected, hard=hard),
             tx=hard,
+            timeout=seconds,
         )
 
     # -- reading -----------------------------------------------------------
@@ -383,10 +386,10 @@ class EventStore:
         def read(start: int, count: int) -> list[RecordedEvent]:
             return self._run(
                 conn,
-                seconds,
                 lambda c: reader.read_events(
                     c, self._sql, self.serializer, stream_uuid, start, count, forward=forward
                 ),
+                timeout=seconds,
             )
 
         return read
@@ -538,7 +541,9 @@ class EventStore:
         StoreTimeoutError."""
         stream_uuid = check.check_stream_uuid(stream_uuid)
         seconds = self._seconds(timeout)
-        return self._run(conn, seconds, lambda c: reader.stream_info(c, self._sql, stream_uuid))
+        return self._run(
+            conn, lambda c: reader.stream_info(c, self._sql, stream_uuid), timeout=seconds
+        )
 
     def paginate_streams(
         self,
@@ -569,7 +574,6 @@ class EventStore:
         seconds = self._seconds(timeout)
         return self._run(
             conn,
-            seconds,
             lambda c: reader.paginate_streams(
                 c,
                 self._sql,
@@ -579,6 +583,7 @@ class EventStore:
                 sort_by=sort_by,
                 sort_dir=sort_dir,
             ),
+            timeout=seconds,
         )
 
     # -- snapshots -----------------------------------------------------------
@@ -603,8 +608,8 @@ class EventStore:
         data, metadata = check.serialize_snapshot(snapshot, self.serializer)
         self._run(
             conn,
-            seconds,
             lambda c: snapshots.record_snapshot(c, self._sql, snapshot, data, metadata),
+            timeout=seconds,
         )
 
     def read_snapshot(
@@ -622,8 +627,8 @@ class EventStore:
         seconds = self._seconds(timeout)
         return self._run(
             conn,
-            seconds,
             lambda c: snapshots.read_snapshot(c, self._sql, self.serializer, source_uuid),
+            timeout=seconds,
         )
 
     def delete_snapshot(
@@ -639,7 +644,9 @@ class EventStore:
         """
         source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
         seconds = self._seconds(timeout)
-        self._run(conn, seconds, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid))
+        self._run(
+            conn, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid), timeout=seconds
+        )
 
     # -- subscriptions -----------------------------------------------------------
 
@@ -732,3 +739,66 @@ class EventStore:
 
     def delete_all_streams_subscription(self, subscription_name: str) -> None:
         self.delete_subscription(ALL_STREAM, subscription_name)
+
+    # -- parked events -------------------------------------------------------------
+    # Thin: validate, then one storage call. An unknown subscription has no
+    # parked events: [] and 0, not an error (as unsubscribing one is no error).
+
+    def parked_events(
+        self,
+        subscription_name: str,
+        stream_uuid: str = ALL_STREAM,
+        *,
+        conn: ConnLike | None = None,
+    ) -> list[ParkedEvent]:
+        """The subscription's parked events, in event order ([] for an unknown one)."""
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        return self._run(
+            conn,
+            lambda c: parked.list_parked(
+                c, self.schema, self.column_data_type, self.serializer, stream_uuid, name
+            ),
+        )
+
+    def replay_parked(
+        self,
+        subscription_name: str,
+        stream_uuid: str = ALL_STREAM,
+        event_numbers: list[int] | None = None,
+        *,
+        conn: ConnLike | None = None,
+    ) -> int:
+        """Queue parked events (all, or those numbered) for redelivery, in order.
+
+        Whichever process holds the subscription delivers them -- at once when
+        it is live (it is notified), else when it next starts -- and removes
+        each once acked. Returns how many were queued.
+        """
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        numbers = check.check_event_numbers(event_numbers)
+        return self._run(
+            conn,
+            lambda c: parked.request_replay(c, self.schema, stream_uuid, name, numbers),
+            tx=True,
+        )
+
+    def discard_parked(
+        self,
+        subscription_name: str,
+        stream_uuid: str = ALL_STREAM,
+        event_numbers: list[int] | None = None,
+        *,
+        conn: ConnLike | None = None,
+    ) -> int:
+        """Remove parked events (all, or those numbered) without delivering them;
+        how many were removed."""
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        numbers = check.check_event_numbers(event_numbers)
+        return self._run(
+            conn,
+            lambda c: parked.discard(c, self.schema, stream_uuid, name, numbers),
+            tx=True,
+        )

@@ -76,6 +76,9 @@ def test_names_that_work_work_everywhere(make_store: Callable[..., EventStore], 
     persistent.ack(batch)
     assert store.stream_info("s").stream_version == 1
     assert store.paginate_streams(search="s").total_entries == 1
+    # Parked events announce themselves on "<schema>.parked": it fits too.
+    assert store.replay_parked("names", "s") == 0
+    assert store.parked_events("names", "s") == []
 
 
 def test_the_command_applies_the_same_rule(database_url: URL):
