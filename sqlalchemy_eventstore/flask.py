@@ -37,9 +37,10 @@ except ImportError as error:  # pragma: no cover - depends on the environment
     ) from error
 
 from . import _validation as check
+from ._calls import STORE_TIMEOUT, Timeout
 from ._types import ALL_STREAM, ANY_VERSION
 from .storage.connection import ConnLike
-from .store import _STORE_TIMEOUT, EventStore, Timeout
+from .store import EventStore
 from .subscriptions.handle import Subscription
 
 __all__ = ["FlaskEventStore"]
@@ -189,7 +190,7 @@ class FlaskEventStore:
         events: Any,
         *,
         conn: ConnLike | None = None,
-        timeout: Timeout = _STORE_TIMEOUT,
+        timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
         """:meth:`EventStore.append_to_stream` in ``db.session``'s transaction by default."""
         self.store.append_to_stream(
@@ -203,7 +204,7 @@ class FlaskEventStore:
         events_or_event_ids: Any,
         *,
         conn: ConnLike | None = None,
-        timeout: Timeout = _STORE_TIMEOUT,
+        timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
         """:meth:`EventStore.link_to_stream` in ``db.session``'s transaction by default."""
         self.store.link_to_stream(
@@ -221,7 +222,7 @@ class FlaskEventStore:
         *,
         hard: bool = False,
         conn: ConnLike | None = None,
-        timeout: Timeout = _STORE_TIMEOUT,
+        timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
         """:meth:`EventStore.delete_stream` in ``db.session``'s transaction by default."""
         self.store.delete_stream(
