@@ -92,8 +92,8 @@ class Connector:
     """Hands out the connection each storage call runs on, with its timeout set.
 
     ``mode`` says how the store's own pooled connections get the timeout
-    (module docstring); a caller's ``conn=`` always gets ``"restore"``, or
-    in ``"local"`` mode set for the rest of its transaction.
+    (module docstring); a caller's ``conn=`` always gets ``"restore"``,
+    transaction-local unless that connection is in autocommit mode.
     """
 
     def __init__(self, engine: Engine, mode: TimeoutMode) -> None:
