@@ -140,7 +140,8 @@ def _wrapper(driver: str) -> Callable[[dict[str, Any], Any], Connection]:
         return _WRAPPERS[driver]
     except KeyError:
         raise ValueError(
-            f"the listener needs the psycopg2 or psycopg (3) driver, got {driver!r}"
+            "the listener needs a postgresql+psycopg2 or postgresql+psycopg URL "
+            f"(or engine), got driver {driver!r}"
         ) from None
 
 
