@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +23,9 @@ __all__ = [
     "check_event_numbers",
     "check_expected_version",
     "check_int",
+    "check_schema",
     "check_stream_uuid",
+    "check_timeout",
     "check_uuid",
     "event_ids_to_link",
     "prepare_events",
@@ -32,6 +35,53 @@ __all__ = [
 # Values that are plain data, not "an instance of a class" an event type can be
 # inferred from.
 _PLAIN = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, bool, type(None))
+
+
+#: The longest NOTIFY channel name PostgreSQL accepts (NAMEDATALEN - 1), in bytes.
+_MAX_CHANNEL_BYTES = 63
+#: Suffixes of the store's NOTIFY channels, ``"<schema>.events"`` and
+#: ``"<schema>.parked"``: the longest bounds the schema name.
+_CHANNEL_SUFFIXES = (".events", ".parked")
+MAX_SCHEMA_BYTES = _MAX_CHANNEL_BYTES - max(len(suffix) for suffix in _CHANNEL_SUFFIXES)
+
+
+def check_schema(value: Any, name: str = "schema") -> str:
+    """A Postgres schema name every part of the store can use.
+
+    Any identifier works (it is always quoted), except: one whose NOTIFY
+    channels would pass PostgreSQL's 63-byte limit (so at most
+    ``MAX_SCHEMA_BYTES`` bytes of UTF-8); one holding ``%`` (the drivers read
+    it as a parameter marker in statements that embed the name); a NUL
+    character; and the ``pg_`` prefix PostgreSQL reserves.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty str")
+    size = len(value.encode("utf-8"))
+    if size > MAX_SCHEMA_BYTES:
+        raise ValueError(
+            f"{name} must be at most {MAX_SCHEMA_BYTES} bytes of UTF-8 (the NOTIFY channels"
+            f" '<{name}>.events' and '<{name}>.parked' must fit in 63 bytes), got {size}"
+        )
+    if "%" in value:
+        raise ValueError(f"{name} must not contain '%', got {value!r}")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain a NUL character")
+    if value.startswith("pg_"):
+        raise ValueError(f"{name} must not start with 'pg_' (reserved by PostgreSQL)")
+    return value
+
+
+def check_timeout(value: Any, name: str = "timeout") -> float | None:
+    """Seconds (a positive finite number), or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds (or None for no limit), got {value!r}")
+    return float(value)
 
 
 def check_stream_uuid(value: Any, name: str = "stream_uuid") -> str:

@@ -127,5 +127,5 @@ def paginate_streams(
         page_number=page_number,
         page_size=page_size,
         total_entries=total,
-        total_pages=math.ceil(total / page_size) if total else 0,
+        total_pages=max(1, math.ceil(total / page_size)),  # the reference's pos_integer
     )
