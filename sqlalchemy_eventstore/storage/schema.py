@@ -53,15 +53,16 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def table_ddl(schema: str, column_data_type: str) -> list[str]:
+def table_ddl(schema: str, column_data_type: str, *, foreign_keys: bool = True) -> list[str]:
     """``CREATE TABLE``/``CREATE INDEX`` of the models, inside ``schema``.
 
     The statements ``metadata.create_all()`` would send, compiled once for
     PostgreSQL so that they can also be printed (Alembic's ``--sql`` mode).
+    ``foreign_keys=False``: the variant without ``stream_events``' foreign keys.
     """
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     statements: list[str] = []
-    for table in metadata_for(column_data_type, schema).sorted_tables:
+    for table in metadata_for(column_data_type, schema, foreign_keys=foreign_keys).sorted_tables:
         statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
         for index in sorted(table.indexes, key=lambda index: str(index.name)):
             statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
@@ -223,11 +224,11 @@ def function_and_trigger_ddl(schema: str) -> list[str]:
     ]
 
 
-def schema_ddl(schema: str, column_data_type: str) -> list[str]:
+def schema_ddl(schema: str, column_data_type: str, *, foreign_keys: bool = True) -> list[str]:
     """Every statement that creates an event store in ``schema``, in order."""
     return [
         f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}",
-        *table_ddl(schema, column_data_type),
+        *table_ddl(schema, column_data_type, foreign_keys=foreign_keys),
         *function_and_trigger_ddl(schema),
     ]
 
@@ -273,7 +274,9 @@ def lock_schema_changes(conn: Connection) -> None:
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
 
 
-def create_schema(conn: Connection, schema: str, column_data_type: str) -> bool:
+def create_schema(
+    conn: Connection, schema: str, column_data_type: str, *, foreign_keys: bool = True
+) -> bool:
     """Create the schema and all its objects unless present; True if created.
 
     Runs inside the caller's transaction. A transaction-scoped advisory lock
@@ -284,6 +287,6 @@ def create_schema(conn: Connection, schema: str, column_data_type: str) -> bool:
     lock_schema_changes(conn)
     if schema_exists(conn, schema):
         return False
-    for statement in schema_ddl(schema, column_data_type):
+    for statement in schema_ddl(schema, column_data_type, foreign_keys=foreign_keys):
         conn.exec_driver_sql(statement)
     return True
