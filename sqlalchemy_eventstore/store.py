@@ -156,7 +156,8 @@ class EventStore:
         self.subscription_retry_interval = float(subscription_retry_interval)
         self.name = name
         self.foreign_keys = foreign_keys
-        self._sql = Statements(schema, column_data_type)
+        # Prepared statements cannot cross a transaction-mode pooler.
+        self._sql = Statements(schema, column_data_type, prepare=session_mode_url is None)
         self._closed = False
         self._runner: Runner | None = None
         self._runner_lock = threading.Lock()

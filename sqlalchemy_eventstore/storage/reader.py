@@ -57,14 +57,13 @@ def read_events(
 ) -> list[RecordedEvent]:
     """One page of a stream (``$all`` included), in one round trip."""
     if forward:
-        statement = sql.read_forward
+        statement = sql.prepared_read_forward
     else:
-        statement = sql.read_backward
+        statement = sql.prepared_read_backward
         if start_version < 0:
             start_version = END
-    rows = conn.exec_driver_sql(
-        statement, {"stream_uuid": stream_uuid, "start": start_version, "count": count}
-    ).all()
+    params = {"stream_uuid": stream_uuid, "start": start_version, "count": count}
+    rows: Any = statement.run(conn, params, prepare=sql.prepare).all()
     if not rows:
         raise StreamNotFoundError(f"stream {stream_uuid!r} not found")
     if rows[0][1]:

@@ -9,6 +9,7 @@ is one statement whatever its size, with no bind-parameter ceiling.
 
 from __future__ import annotations
 
+from .prepared import Prepared
 from .schema import quote_ident
 
 __all__ = ["Statements", "SORT_COLUMNS"]
@@ -258,17 +259,40 @@ LEFT JOIN LATERAL (
 
 
 class Statements:
-    """Every statement of one store, for its schema and column data type."""
+    """Every statement of one store, for its schema and column data type.
 
-    def __init__(self, schema: str, column_data_type: str) -> None:
+    ``prepare``: run the hot statements (appends, page reads) as server-side
+    prepared statements on psycopg2 (see :mod:`.prepared`); False behind a
+    transaction-mode pooler.
+    """
+
+    def __init__(self, schema: str, column_data_type: str, *, prepare: bool = False) -> None:
         self.schema = schema
         self.column_data_type = column_data_type
+        self.prepare = prepare
         s = quote_ident(schema)
         self.append = _append(s, self.column_data_type)
         self.append_existing = _append(s, self.column_data_type, may_create=False)
         self.link = _link(s)
         self.read_forward = _read(s, "forward")
         self.read_backward = _read(s, "backward")
+        payload = f"{column_data_type}[]"
+        append_types = {
+            "stream_uuid": "text",
+            "count": "bigint",
+            "expected": "bigint",
+            "event_ids": "uuid[]",
+            "event_types": "text[]",
+            "causation_ids": "uuid[]",
+            "correlation_ids": "uuid[]",
+            "data": payload,
+            "metadata": payload,
+        }
+        read_types = {"stream_uuid": "text", "start": "bigint", "count": "bigint"}
+        self.prepared_append = Prepared(self.append, append_types)
+        self.prepared_append_existing = Prepared(self.append_existing, append_types)
+        self.prepared_read_forward = Prepared(self.read_forward, read_types)
+        self.prepared_read_backward = Prepared(self.read_backward, read_types)
         self.stream_info = f"""SELECT stream_id, stream_uuid, stream_version, created_at, deleted_at
                 FROM {s}.streams WHERE stream_uuid = %(stream_uuid)s"""
         self.paginate = {
