@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -63,6 +64,9 @@ DRIVERS = {"psycopg2": "postgresql+psycopg2", "psycopg": "postgresql+psycopg"}
 EVENT_TYPE = "OrderPlaced"
 PAGE = 1000
 COMPACT = (",", ":")
+# Appends per round, by batch size.
+QUICK_APPENDS = {1: 150, 10: 60, 100: 15, 1000: 3}
+FULL_APPENDS = {1: 400, 10: 150, 100: 40, 1000: 8}
 
 
 # -- setup -----------------------------------------------------------------
@@ -509,6 +513,61 @@ def populate(appender: Appender, total: int, per_stream: int = PAGE, tag: str = 
             appender(stream, v, chunk[: min(len(chunk), n - v)])
 
 
+def levers(args: argparse.Namespace) -> int:
+    """Appends of the library, and of the library without one lever at a time."""
+    rounds = args.rounds or (2 if args.quick else 5)
+    appends = (
+        {1: 100, 10: 40, 100: 10, 1000: 2} if args.quick else {1: 400, 10: 150, 100: 40, 1000: 8}
+    )
+    tag = uuid.uuid4().hex[:8]
+    names = {k: f"bench_{k}_{tag}" for k in ("lib", "noprep", "uuid4", "nofk")}
+    with server(args.url) as url:
+        dsn = _psycopg2_dsn(url)
+        print(f"machine: {machine(dsn)}; library driver {args.driver}; rounds={rounds}", flush=True)
+        store_url = url.set(drivername=DRIVERS[args.driver])
+        stores = {
+            k: EventStore(store_url, schema=n, foreign_keys=(k != "nofk")) for k, n in names.items()
+        }
+        try:
+            for store in stores.values():
+                store.init()
+            # Without server-side prepared statements (psycopg2 only: psycopg 3 prepares itself).
+            stores["noprep"]._sql.prepare = False
+
+            def uuid4_ids(stream: str, expected: int, events: list[EventData]) -> None:
+                # Random (version 4) ids, as the library generated before.
+                with_ids = [dataclasses.replace(e, event_id=str(uuid.uuid4())) for e in events]
+                stores["uuid4"].append_to_stream(stream, expected, with_ids)
+
+            sides: dict[str, Appender] = {
+                "library": stores["lib"].append_to_stream,
+                "no prepared statements": stores["noprep"].append_to_stream,
+                "uuid4 event ids": uuid4_ids,
+                "no FKs": stores["nofk"].append_to_stream,
+            }
+            cases = []
+            for batch in (1, 10, 100, 1000):
+                print(f"appending, batch {batch} ...", flush=True)
+                cases.extend(bench_appends(sides, batch, appends[batch], rounds))
+            rows = []
+            for case in cases:
+                lib = case.median("library")
+                cells = [case.name]
+                for side in sides:
+                    value = case.median(side)
+                    ratio = lib / value if case.unit == "events/s" else value / lib
+                    cells.append(f"{_fmt(value, case.unit)} ({ratio:.2f}x)")
+                rows.append(cells)
+            print()
+            print(table(["case", *sides], rows))
+            print("\n(in brackets: how much faster the library is than that side)")
+        finally:
+            for store in stores.values():
+                store.close()
+            drop_schemas(dsn, list(names.values()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--url", help="database URL (default: $DATABASE_URL or local postgres)")
@@ -520,11 +579,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-eventsourcing", action="store_true", help="leave the eventsourcing side out"
     )
+    parser.add_argument(
+        "--levers",
+        action="store_true",
+        help="appends only, the library against itself without each of its append levers",
+    )
     args = parser.parse_args(argv)
+    if args.levers:
+        return levers(args)
 
-    rounds = args.rounds or (2 if args.quick else 5)
-    quick_appends = {1: 100, 10: 40, 100: 10, 1000: 2}
-    appends = quick_appends if args.quick else {1: 400, 10: 150, 100: 40, 1000: 8}
+    rounds = args.rounds or (3 if args.quick else 5)
+    appends = QUICK_APPENDS if args.quick else FULL_APPENDS
     read_total = 10_000 if args.quick else 30_000
 
     began = time.perf_counter()
