@@ -428,12 +428,23 @@ def _pages(read: Callable[[int], list[Any]], number: Callable[[Any], int]) -> It
         last = number(page[-1])
 
 
+def analyze(dsn: str, schemas: list[str]) -> None:
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        for schema in schemas:
+            cur.execute("SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,))
+            for (name,) in cur.fetchall():
+                cur.execute(f'ANALYZE "{schema}"."{name}"')
+    conn.close()
+
+
 def bench_reads(
-    sides: dict[str, Callable[[], Iterator[int]]], rounds: int, expected: int
+    sides: dict[str, Callable[[], Iterator[int]]], rounds: int, expected: int, state: str
 ) -> list[Case]:
     """events/s reading all of ``$all`` (``expected`` events) in pages of 1,000."""
-    throughput = Case(f"read $all, pages of {PAGE:,}", "events/s")
-    page_ms = Case(f"read $all, median page of {PAGE:,}", "ms")
+    throughput = Case(f"read $all, pages of {PAGE:,} ({state})", "events/s")
+    page_ms = Case(f"read $all, median page ({state})", "ms")
     for r in range(rounds + 1):  # round 0 warms up
         timed = interleaved({name: make() for name, make in sides.items()})
         for name, samples in timed.items():
@@ -638,6 +649,12 @@ def main(argv: list[str] | None = None) -> int:
                 latency.extend(measured[1:])
 
             print(f"populating reads: {read_total:,} events ...", flush=True)
+            with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
+                for t in ("streams", "stream_events", "events"):  # no statistics until asked
+                    cur.execute(
+                        f'ALTER TABLE "{names["read"]}".{t} SET (autovacuum_enabled = false)'
+                    )
+            conn.close()
             populate(reader.append_to_stream, read_total)
             readers: dict[str, Callable[[], Iterator[int]]] = {
                 LIB: lambda: _pages(
@@ -649,8 +666,11 @@ def main(argv: list[str] | None = None) -> int:
             if es is not None:
                 populate(es_reader.append_to_stream, read_total)
                 readers[ES] = lambda: _pages(es_reader.read_page, lambda r: int(r[0]))
-            print("reading ...", flush=True)
-            cases.extend(bench_reads(readers, rounds, read_total))
+            print("reading (tables not analysed yet) ...", flush=True)
+            cases.extend(bench_reads(readers, rounds, read_total, "no statistics"))
+            analyze(dsn, [names["read"], names["esread"]])
+            print("reading (after ANALYZE) ...", flush=True)
+            cases.extend(bench_reads(readers, rounds, read_total, "after ANALYZE"))
             report(cases + latency, list(appenders))
         finally:
             for close in reversed(closers):
