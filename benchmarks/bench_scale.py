@@ -9,7 +9,8 @@ Server selection as in ``bench_storage.py``. One store (its own schema, dropped
 at the end) grows through each size in turn, filled by the library's own
 appends (batches of 1,000). At each size:
 
-- append rate: 200 single-event appends and 20 appends of 100, events/s;
+- append rate: 200 single-event appends and 20 appends of 100, events/s,
+  alternating append by append with the same appends to a 10,000-event store;
 - page latency of ``read_all_streams_forward(start, 1000)`` at the first,
   middle and last page of ``$all``, and of ``read_all_streams_backward`` from
   the end, with NO statistics (the tables' statistics are removed -- autovacuum
@@ -44,6 +45,7 @@ from bench_storage import (
     PAGE,
     Baseline,
     _psycopg2_dsn,
+    bench_appends,
     drop_schemas,
     machine,
     make_events,
@@ -77,13 +79,18 @@ class Grower:
         return added / max(time.perf_counter() - t0, 1e-9)
 
 
-def append_rate(store: EventStore, batch: int, appends: int) -> float:
-    events = make_events(batch)
-    stream = f"rate-{batch}-{uuid.uuid4().hex[:8]}"
-    t0 = time.perf_counter()
-    for i in range(appends):
-        store.append_to_stream(stream, i * batch, events)
-    return batch * appends / (time.perf_counter() - t0)
+def append_rates(store: EventStore, ref: EventStore) -> dict[int, tuple[float, float]]:
+    """events/s of appends of 1 and of 100 events: (growing store, 10k store).
+
+    Interleaved append by append with the 10,000-event store, so the ratio
+    shows what the store's size costs, whatever else loads the machine.
+    """
+    rates = {}
+    for batch, appends in ((1, 200), (100, 20)):
+        sides = {"big": store.append_to_stream, "ref": ref.append_to_stream}
+        (case, *_) = bench_appends(sides, batch, appends, 1)
+        rates[batch] = (case.median("big"), case.median("ref"))
+    return rates
 
 
 def set_statistics(dsn: str, schemas: list[str], *, analyze: bool) -> str:
@@ -253,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             for size in sizes:
                 print(f"growing $all to {size:,} events ...", flush=True)
                 load = grower.grow_to(size)
-                one = append_rate(store, 1, 200)
-                hundred = append_rate(store, 100, 20)
-                appends.append([f"{size:,}", f"{load:,.0f}", f"{one:,.0f}", f"{hundred:,.0f}"])
+                rates = append_rates(store, ref)
+                appends.append(
+                    [f"{size:,}", f"{load:,.0f}"]
+                    + [f"{big:,.0f} ({big / small:.2f}x)" for big, small in rates.values()]
+                )
                 total = store.stream_info("$all").stream_version
                 for analyze in (False, True):
                     state = set_statistics(dsn, [schema, ref_schema], analyze=analyze)
@@ -269,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             print()
             print(
                 table(
-                    ["events in $all", "load (batches of 1,000)", "append, batch 1",
-                     "append, batch 100"],
+                    ["events in $all", "load (batches of 1,000)",
+                     "append, batch 1 (vs 10k store)", "append, batch 100 (vs 10k store)"],
                     appends,
                 )
             )  # fmt: skip
