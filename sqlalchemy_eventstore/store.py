@@ -79,6 +79,11 @@ class EventStore(StorageCalls):
     an engine the store makes for a psycopg 3 URL turns off psycopg's
     server-side prepared statements. An Engine passed in through such a pooler
     needs ``connect_args={"prepare_threshold": None}`` on psycopg 3.
+
+    ``foreign_keys=False`` makes :meth:`init` create ``stream_events`` without
+    its three foreign keys: appends get much faster, and the append and link
+    statements still guarantee what the keys check. It only matters to
+    ``init``; a store works on either variant whatever this says.
     """
 
     def __init__(
@@ -93,7 +98,10 @@ class EventStore(StorageCalls):
         subscription_retry_interval: float = 60.0,
         name: str | None = None,
         timeout: float | None = 15.0,
+        foreign_keys: bool = True,
     ) -> None:
+        if not isinstance(foreign_keys, bool):
+            raise TypeError("foreign_keys must be a bool")
         if column_data_type not in ("bytea", "jsonb"):
             raise ValueError(
                 f"column_data_type must be 'bytea' or 'jsonb', got {column_data_type!r}"
@@ -161,7 +169,9 @@ class EventStore(StorageCalls):
         self.session_mode_url = None if session_mode_url is None else _engine_url(session_mode_url)
         self.subscription_retry_interval = float(subscription_retry_interval)
         self.name = name
-        self._sql = Statements(schema, column_data_type)
+        self.foreign_keys = foreign_keys
+        # Prepared statements cannot cross a transaction-mode pooler.
+        self._sql = Statements(schema, column_data_type, prepare=session_mode_url is None)
         # How a call's timeout reaches PostgreSQL (see storage.connection):
         # kept on the store's own connections, set per transaction through a
         # transaction-mode pooler, set and put back on a caller's Engine.
@@ -202,7 +212,9 @@ class EventStore(StorageCalls):
         True when it created the event store, False when it already existed.
         """
         with self._engine.begin() as conn:
-            return create_schema(conn, self.schema, self.column_data_type)
+            return create_schema(
+                conn, self.schema, self.column_data_type, foreign_keys=self.foreign_keys
+            )
 
     def close(self) -> None:
         """Stop everything the store runs; dispose of its engine if it made it."""

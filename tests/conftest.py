@@ -158,10 +158,36 @@ def driver(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+#: Storage contract modules: their ``store`` runs on every schema variant too.
+SCHEMA_VARIANT_MODULES = {
+    "test_append",
+    "test_append_concurrency",
+    "test_read",
+    "test_link",
+    "test_delete",
+    "test_all_stream",
+    "test_stream_info_and_pagination",
+    "test_snapshots",
+    "test_conn",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "store" in metafunc.fixturenames and module in SCHEMA_VARIANT_MODULES:
+        metafunc.parametrize("foreign_keys", [True, False], ids=["fks", "no-fks"])
+
+
 @pytest.fixture
-def store(make_store: Callable[..., EventStore], driver: str) -> EventStore:
-    """An initialised store on a fresh schema, once per driver."""
-    return make_store(driver=driver)
+def foreign_keys() -> bool:
+    """The schema variant of ``store``: with the reference's foreign keys (default)."""
+    return True
+
+
+@pytest.fixture
+def store(make_store: Callable[..., EventStore], driver: str, foreign_keys: bool) -> EventStore:
+    """An initialised store on a fresh schema, once per driver (and schema variant)."""
+    return make_store(driver=driver, foreign_keys=foreign_keys)
 
 
 @pytest.fixture
