@@ -524,6 +524,17 @@ def populate(appender: Appender, total: int, per_stream: int = PAGE, tag: str = 
             appender(stream, v, chunk[: min(len(chunk), n - v)])
 
 
+def _uuid7s(n: int) -> list[str]:
+    """``n`` time-ordered (version 7, RFC 9562) UUIDs, ascending within the call."""
+    ms = time.time_ns() // 1_000_000
+    ids = []
+    for i in range(n):
+        low = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF | 0x8000_0000_0000_0000
+        h = f"{ms:012x}{0x7000 | (i & 0xFFF):04x}{low:016x}"
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
 def levers(args: argparse.Namespace) -> int:
     """Appends of the library, and of the library without one lever at a time."""
     rounds = args.rounds or (2 if args.quick else 5)
@@ -531,7 +542,7 @@ def levers(args: argparse.Namespace) -> int:
         {1: 100, 10: 40, 100: 10, 1000: 2} if args.quick else {1: 400, 10: 150, 100: 40, 1000: 8}
     )
     tag = uuid.uuid4().hex[:8]
-    names = {k: f"bench_{k}_{tag}" for k in ("lib", "noprep", "uuid4", "nofk")}
+    names = {k: f"bench_{k}_{tag}" for k in ("lib", "noprep", "uuid7", "nofk")}
     with server(args.url) as url:
         dsn = _psycopg2_dsn(url)
         print(f"machine: {machine(dsn)}; library driver {args.driver}; rounds={rounds}", flush=True)
@@ -545,15 +556,16 @@ def levers(args: argparse.Namespace) -> int:
             # Without server-side prepared statements (psycopg2 only: psycopg 3 prepares itself).
             stores["noprep"]._sql.prepare = False
 
-            def uuid4_ids(stream: str, expected: int, events: list[EventData]) -> None:
-                # Random (version 4) ids, as the library generated before.
-                with_ids = [dataclasses.replace(e, event_id=str(uuid.uuid4())) for e in events]
-                stores["uuid4"].append_to_stream(stream, expected, with_ids)
+            def uuid7_ids(stream: str, expected: int, events: list[EventData]) -> None:
+                # Time-ordered (version 7) ids given by the caller; the library's own are v4.
+                ids = _uuid7s(len(events))
+                with_ids = [dataclasses.replace(e, event_id=i) for e, i in zip(events, ids)]
+                stores["uuid7"].append_to_stream(stream, expected, with_ids)
 
             sides: dict[str, Appender] = {
                 "library": stores["lib"].append_to_stream,
                 "no prepared statements": stores["noprep"].append_to_stream,
-                "uuid4 event ids": uuid4_ids,
+                "uuid7 event ids": uuid7_ids,
                 "no FKs": stores["nofk"].append_to_stream,
             }
             cases = []

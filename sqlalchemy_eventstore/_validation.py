@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ._ids import uuid7s
 from ._types import (
     ANY_VERSION,
     NO_STREAM,
@@ -173,8 +172,9 @@ def prepare_events(events: Any, serializer: Serializer) -> dict[str, list[Any]]:
         "data": [],
         "metadata": [],
     }
-    # Ids for the events that have none: time-ordered (UUIDv7), see _ids.
-    new_ids = iter(uuid7s(sum(1 for e in events if getattr(e, "event_id", None) is None)))
+    # Ids for the events that have none: random (version 4), as SPEC.md and the
+    # reference generate them.
+    new_ids = iter([str(uuid.uuid4()) for e in events if getattr(e, "event_id", None) is None])
     event_ids, event_types = columns["event_ids"], columns["event_types"]
     causation_ids, correlation_ids = columns["causation_ids"], columns["correlation_ids"]
     data, metadata = columns["data"], columns["metadata"]

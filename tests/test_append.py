@@ -360,7 +360,7 @@ def test_generates_event_ids_when_none_given(store: EventStore) -> None:
     assert len(set(ids)) == 5
     for event_id in ids:
         assert isinstance(event_id, str)
-        assert uuid.UUID(event_id).version == 7
+        assert uuid.UUID(event_id).version == 4
 
 
 def test_one_event_data_can_be_appended_twice(store: EventStore) -> None:
