@@ -559,7 +559,9 @@ def levers(args: argparse.Namespace) -> int:
             def uuid7_ids(stream: str, expected: int, events: list[EventData]) -> None:
                 # Time-ordered (version 7) ids given by the caller; the library's own are v4.
                 ids = _uuid7s(len(events))
-                with_ids = [dataclasses.replace(e, event_id=i) for e, i in zip(events, ids, strict=True)]
+                with_ids = [
+                    dataclasses.replace(e, event_id=i) for e, i in zip(events, ids, strict=True)
+                ]
                 stores["uuid7"].append_to_stream(stream, expected, with_ids)
 
             sides: dict[str, Appender] = {
