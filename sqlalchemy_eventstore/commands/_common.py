@@ -18,6 +18,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
+from .. import _validation
 from ..errors import EventStoreError
 from ..storage.schema import quote_ident
 from ..store import _engine_url
@@ -68,8 +69,11 @@ def _database_name(given: URL) -> str:
 
 
 def _check_schema(schema: str) -> None:
-    if not isinstance(schema, str) or not schema:
-        raise CommandError("the schema must be a non-empty name")
+    """The rule ``EventStore(schema=...)`` applies, as a CommandError."""
+    try:
+        _validation.check_schema(schema, "--schema")
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
 
 
 def _one_line(error: BaseException) -> str:
