@@ -37,8 +37,8 @@ def make_admin_app(
 ) -> AdminApp:
     """The admin page of ``store``, as a WSGI application to mount at any path.
 
-    It reads through its own view of the store (same engine and schema) that
-    shows payloads as stored -- JSON pretty-printed, other bytes as text or
+    It reads through its own view of the store (same engine, schema and
+    timeout) that shows payloads as stored -- JSON pretty-printed, other bytes as text or
     base64 -- so that an event no serializer can read still displays.
 
     Args:
@@ -88,6 +88,7 @@ def make_admin_app(
         column_data_type=store.column_data_type,
         serializer=RawSerializer(store.column_data_type),
         name="eventstore-admin",
+        timeout=store.timeout,
     )
     return AdminApp(
         reader,
