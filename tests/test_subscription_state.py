@@ -37,7 +37,7 @@ def make(**options) -> SubscriptionState:
 
 
 def numbers(batches) -> dict:
-    return {slot.key: [e.event_number for e in batch] for slot, batch in batches}
+    return {d.slot.key: [e.event_number for e in d.events] for d in batches}
 
 
 def test_reads_until_a_short_page_then_takes_live_events():

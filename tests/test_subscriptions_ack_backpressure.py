@@ -181,7 +181,8 @@ def test_ack_forms_batch_event_and_event_number(es, admin_engine):
     sub.ack([])  # nothing
     sub.ack(batch)  # already partly acked: fine
     assert stored() == 6
-    sub.ack(batch)  # acking again changes nothing
+    with pytest.raises(UnexpectedAckError):
+        sub.ack(batch)  # already acked: not in flight any more (SPEC.md)
     assert stored() == 6
 
 

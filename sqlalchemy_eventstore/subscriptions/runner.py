@@ -1,45 +1,35 @@
 """The scheduler: one thread per store driving every subscription of the process.
 
 It owns all subscription state, so nothing here needs a lock but the inbox:
-the listener, the subscribers' acks and the public API all post commands to
-it and (where they need an answer) wait for it. Each pass it catches
-subscriptions up from storage, dispatches queued events, writes due
-checkpoints and retries subscriptions that do not hold their advisory lock.
+the listener, the subscribers' acks and the public API all post to it and
+(where they need an answer) wait for it. A pass takes every pending call
+first (acks never wait behind a storage read), then the coalesced
+notifications, then serves each subscription on its own -- one failing
+subscription never holds up another -- and finally sleeps until something
+arrives or its next timer is due.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from sqlalchemy import Engine
+from typing import Any, TypeVar
 
 from .._types import RecordedEvent
-from ..errors import (
-    AlreadySubscribedError,
-    StreamDeletedError,
-    StreamNotFoundError,
-    SubscriptionAlreadyExistsError,
-    TooManySubscribersError,
-)
+from ..errors import AlreadySubscribedError, SubscriptionAlreadyExistsError, TooManySubscribersError
 from ..notifications.listener import Listener
 from ..notifications.publisher import Publisher
-from ..storage import subscriptions as rows
-from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks
+from . import persistent as io
 from .handle import Handler, Subscription
+from .inbox import Inbox, Taken
 from .options import PersistentOptions
-from .state import DISCONNECTED, UNSUBSCRIBED, SubscriptionState
-
-if TYPE_CHECKING:
-    from ..store import EventStore
+from .persistent import Persistent
+from .reading import Backend, Unreadable, current_version, read_events, read_page
+from .state import DISCONNECTED, UNSUBSCRIBED, SubscriptionState, backoff, describe
 
 __all__ = ["Runner"]
 
@@ -47,90 +37,56 @@ logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 T = TypeVar("T")
 Key = tuple[str, str]
 
-# How often the advisory-lock session is checked (a round trip) while
-# persistent subscriptions run: the longest a process keeps delivering after
-# its lock session died.
+# How often the advisory-lock session is checked (a round trip that also
+# finds deleted subscriptions) while persistent subscriptions run: the
+# longest a process keeps delivering after its lock session died.
 LOCK_CHECK_INTERVAL = 0.5
-
-
-@dataclass(eq=False)
-class _Persistent:
-    """A named subscription in this process: its options, subscribers and state."""
-
-    stream_uuid: str
-    name: str
-    options: PersistentOptions
-    handles: list[Subscription] = field(default_factory=list)
-    # Each subscriber's own buffer_size (its subscribe call's), by id(handle).
-    buffer_sizes: dict[int, int] = field(default_factory=dict)
-    subscription_id: int | None = None
-    state: SubscriptionState | None = None
-    lock_generation: int = -1
-    next_attempt: float = 0.0
-    last_ack_at: float = 0.0
-
-
-def _detached_connections(engine: Engine) -> Callable[[], Any]:
-    """New DBAPI connections made by ``engine`` (its connect_args, creator and
-    connect events apply), detached from its pool so they neither count
-    against it nor ever return to it."""
-
-    def create() -> Any:
-        pooled = engine.raw_connection()
-        pooled.detach()  # from now on closing it closes the connection itself
-        return pooled.dbapi_connection
-
-    return create
-
-
-def _transient_lock_id(sub: _Persistent) -> int:
-    return -(zlib.crc32(f"{sub.stream_uuid}\x00{sub.name}".encode()) & 0x7FFFFFFF) - 1
+# Routine checkpoint writes of one subscription are at most this far apart:
+# a checkpoint due at every ack (threshold 1) is written once per interval
+# with every ack since, rather than once per event. Unsubscribe and close
+# write at once, whatever the interval.
+CHECKPOINT_INTERVAL = 0.05
+# The longest the scheduler sleeps with nothing to do.
+MAX_SLEEP = 1.0
 
 
 class Runner:
     """Drives the subscriptions of one store (started on the first subscribe)."""
 
-    def __init__(self, store: EventStore) -> None:
-        self._store = store
-        self._inbox: queue.Queue[tuple[Callable[[], Any], Future[Any] | None]] = queue.Queue()
-        self._persistent: dict[Key, _Persistent] = {}
-        self._publisher = Publisher(self._read, self._current_version, self)
-        # LISTEN and the advisory locks need sessions of their own: on the
-        # session_mode_url when given (PgBouncer), else like the store's
-        # engine -- made by that engine itself when it is the caller's, so its
-        # connect_args or creator (SSL options, say) apply to them too.
-        session_url = store.session_mode_url or store.engine.url
-        creator = (
-            _detached_connections(store.engine)
-            if store.session_mode_url is None and not store.owns_engine
-            else None
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._inbox = Inbox()
+        self._persistent: dict[Key, Persistent] = {}
+        self._publisher = Publisher(
+            lambda s, start, count: read_page(backend, s, start, count),
+            lambda s: current_version(backend, s),
+            self,
         )
         self._listener = Listener(
-            session_url,
-            store.schema,
-            on_notification=lambda n: self._post(lambda: self._publisher.on_notification(n)),
-            on_reconnect=lambda: self._post(self._publisher.on_reconnect),
-            name=f"eventstore-listener-{store.schema}",
-            creator=creator,
+            backend.session_url,
+            backend.schema,
+            on_notification=self._inbox.notify,
+            on_reconnect=self._inbox.reconnected,
+            on_parked=self._inbox.parked,
+            name=f"eventstore-listener-{backend.schema}",
+            creator=backend.session_creator,
         )
         self._locks = AdvisoryLocks(
-            session_url,
-            store.schema,
-            application_name=f"eventstore-locks-{store.schema}",
-            creator=creator,
+            backend.session_url,
+            backend.schema,
+            application_name=f"eventstore-locks-{backend.schema}",
+            creator=backend.session_creator,
         )
         self._stopping = False
         self._next_lock_check = 0.0
+        self._logged_pass_error: str | None = None
         self._thread = threading.Thread(
-            target=self._run, name=f"eventstore-runner-{store.schema}", daemon=True
+            target=self._run, name=f"eventstore-runner-{backend.schema}", daemon=True
         )
         self._listener.start()
         self._thread.start()
 
     # -- plumbing ------------------------------------------------------------------
-
-    def _post(self, work: Callable[[], Any]) -> None:
-        self._inbox.put((work, None))
 
     def call(self, work: Callable[[], T], timeout: float = 30.0) -> T:
         """Run ``work`` on the runner thread and return its result (or raise)."""
@@ -139,11 +95,11 @@ class Runner:
         if not self._thread.is_alive():
             raise RuntimeError("the event store's subscriptions are stopped (store closed)")
         future: Future[T] = Future()
-        self._inbox.put((work, future))
-        # Poll rather than block: should the runner stop before taking this
-        # work, the caller learns it now instead of after the whole timeout.
+        self._inbox.call(work, future)
         deadline = time.monotonic() + timeout
         while not future.done():
+            # Should the runner stop before taking this work, the caller
+            # learns it within a fraction of a second, not after the timeout.
             wait([future], timeout=0.1)
             if future.done():
                 break
@@ -155,27 +111,36 @@ class Runner:
 
     def _run(self) -> None:
         while True:
-            try:
-                work, future = self._inbox.get(timeout=0.05)
-            except queue.Empty:
-                work, future = None, None
-            if work is not None:
-                try:
-                    result = work()
-                except BaseException as error:  # handed back to the caller
-                    if future is not None:
-                        future.set_exception(error)
-                    else:
-                        logger.exception("subscription runner task failed")
-                else:
-                    if future is not None:
-                        future.set_result(result)
+            timeout = max(0.0, min(MAX_SLEEP, self._next_wake() - time.monotonic()))
+            taken = self._inbox.take(timeout)
+            for work, future in taken.calls:
+                self._execute(work, future)
             if self._stopping:
+                for work, future in self._inbox.drain_calls():
+                    self._execute(work, future)
                 return
             try:
-                self._tick()
-            except Exception:
-                logger.exception("subscription runner pass failed")
+                self._pass(taken)
+                self._logged_pass_error = None
+            except Exception as error:
+                if describe(error) != self._logged_pass_error:
+                    logger.exception("subscription runner pass failed")
+                self._logged_pass_error = describe(error)
+
+    @staticmethod
+    def _execute(work: Callable[[], Any], future: Future[Any] | None) -> None:
+        if future is not None and not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = work()
+        except BaseException as error:  # handed back to the caller
+            if future is not None:
+                future.set_exception(error)
+            else:
+                logger.exception("subscription runner task failed")
+        else:
+            if future is not None:
+                future.set_result(result)
 
     # -- public operations (called from any thread) ---------------------------------
 
@@ -224,12 +189,13 @@ class Runner:
             subscription_name=name,
             handler=handler,
             transient=options.transient,
+            max_retries=options.max_retries,
         )
 
         def register() -> Subscription:
             sub = self._persistent.get(key)
             if sub is None:
-                sub = _Persistent(stream_uuid, name, options)
+                sub = Persistent(stream_uuid, name, options)
                 self._persistent[key] = sub
             else:
                 if handler is not None and any(h.handler is handler for h in sub.handles):
@@ -244,7 +210,8 @@ class Runner:
             sub.buffer_sizes[id(handle)] = options.buffer_size
             if sub.state is not None:
                 sub.state.add_subscriber(id(handle), options.buffer_size)
-                handle._set_subscribed()
+                handle._begin(sub.epoch)
+                self._dispatch(sub, time.monotonic())
             return handle
 
         try:
@@ -253,37 +220,70 @@ class Runner:
             handle._stop()
             raise
 
-    def ack(self, key: Key, handle: Subscription, event_number: int) -> None:
+    def ack(
+        self, key: Key, handle: Subscription, epoch: int, event_number: int, *, wait: bool = True
+    ) -> None:
+        """Record an ack. An ack from an ended lifetime (the lock was lost
+        since the batch was sent) is ignored: its events are redelivered."""
+
         def record() -> None:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None or handle not in sub.handles:
                 return  # not subscribed (any more): its events went back to the queue
-            if event_number <= sub.state.checkpoint:
-                return  # already covered (a redelivery after a restart, say)
+            if epoch != sub.epoch:
+                return  # stale: never matched against the new lifetime
             sub.state.ack(id(handle), event_number)
             sub.last_ack_at = time.monotonic()
-            self._pump_safely(sub)
+            self._dispatch(sub, sub.last_ack_at)
+            if wait and sub.state.checkpoint_due():
+                # A caller's ack returns with its due checkpoint written; a
+                # handler's (which nobody waits for) shares the coalesced write.
+                try:
+                    self._write_checkpoint(sub)
+                except Exception as error:
+                    self._log_once(sub, "could not write a checkpoint; will retry", error)
 
-        self.call(record)
+        if wait:
+            self.call(record)
+        else:
+            self._inbox.call(record)
+
+    def park(self, key: Key, handle: Subscription, epoch: int, number: int, reason: str) -> None:
+        """A handler gave up on an in-flight event: park it (written next pass)."""
+
+        def record() -> None:
+            sub = self._persistent.get(key)
+            if sub is None or sub.state is None or handle not in sub.handles:
+                return
+            if epoch != sub.epoch:
+                return
+            sub.state.park_in_flight(id(handle), number, reason)
+            self._dispatch(sub, time.monotonic())
+
+        self._inbox.call(record)
+
+    def subscriber_died(self, key: Key, handle: Subscription) -> None:
+        """A handler's worker thread died: remove the subscriber as if it left."""
+        self._inbox.call(lambda: self._remove(key, handle))
+
+    def _remove(self, key: Key, handle: Subscription) -> None:
+        if key[1] == "":
+            self._publisher.remove_transient(handle)
+        else:
+            sub = self._persistent.get(key)
+            if sub is not None and handle in sub.handles:
+                sub.handles.remove(handle)
+                sub.buffer_sizes.pop(id(handle), None)
+                if sub.state is not None:
+                    sub.state.remove_subscriber(id(handle))
+                if not sub.handles:
+                    self._release(sub)
+                    del self._persistent[key]
+                else:
+                    self._dispatch(sub, time.monotonic())
+        handle._stop()
 
     def unsubscribe(self, key: Key, handle: Subscription) -> None:
-        def remove() -> None:
-            if key[1] == "":
-                self._publisher.remove_transient(handle)
-            else:
-                sub = self._persistent.get(key)
-                if sub is not None and handle in sub.handles:
-                    sub.handles.remove(handle)
-                    sub.buffer_sizes.pop(id(handle), None)
-                    if sub.state is not None:
-                        sub.state.remove_subscriber(id(handle))
-                    if not sub.handles:
-                        self._release(sub)
-                        del self._persistent[key]
-                    else:
-                        self._pump_safely(sub)
-            handle._stop()
-
         if not self._thread.is_alive():
             handle._stop()
             return  # the store is closed: nothing runs any more
@@ -291,7 +291,7 @@ class Runner:
         # handled before unsubscribe() is never lost; then the subscriber goes.
         handle._stop()
         handle._join(5)
-        self.call(remove)
+        self.call(lambda: self._remove(key, handle))
 
     def unsubscribe_all(self, key: Key) -> None:
         sub = self.call(lambda: self._persistent.get(key))
@@ -336,6 +336,7 @@ class Runner:
             except Exception:
                 logger.exception("subscription runner did not shut down cleanly")
                 self._stopping = True
+                self._inbox.reconnected()  # wake it
         self._thread.join(timeout)
         self._listener.stop(timeout)
         self._locks.close()
@@ -351,184 +352,309 @@ class Runner:
     def _transient_handles(self) -> list[Subscription]:
         return [h for h in self._publisher.transient_handles() if isinstance(h, Subscription)]
 
-    def _release(self, sub: _Persistent) -> None:
-        """Write the checkpoint (whatever the threshold) and give up the lock."""
+    def _release(self, sub: Persistent) -> None:
+        """Write parks and the checkpoint (whatever the threshold), give up the lock."""
         try:
-            if sub.state is not None and sub.state.checkpoint_pending:
-                self._write_checkpoint(sub, durable=True)
+            state = sub.state
+            if state is not None:
+                self._write_parks(sub)
+                if state.checkpoint_pending:
+                    self._write_checkpoint(sub, durable=True)
         finally:
             if sub.subscription_id is not None:
                 self._locks.unlock(sub.subscription_id)
             sub.state = None
 
-    def _tick(self) -> None:
+    def _next_wake(self) -> float:
         now = time.monotonic()
+        wake = now + MAX_SLEEP
+        if any(s.state is not None for s in self._persistent.values()):
+            wake = min(wake, self._next_lock_check)
+        retry = self._publisher.next_retry
+        if retry is not None:
+            wake = min(wake, retry)
+        for sub in self._persistent.values():
+            state = sub.state
+            if state is None:
+                wake = min(wake, sub.next_attempt)
+                continue
+            if sub.io_failures:
+                wake = min(wake, sub.io_retry_at)
+                continue
+            if state.failure is not None:
+                wake = min(wake, state.failure.retry_at)
+            if state.wants_read(now) or state.to_park or state.replays_acked or sub.parked_dirty:
+                return now
+            if state.checkpoint_due():
+                wake = min(wake, sub.next_checkpoint_write)
+            after = sub.options.checkpoint_after
+            if after is not None and state.checkpoint_pending:
+                wake = min(wake, sub.last_ack_at + after)
+        return wake
+
+    def _pass(self, taken: Taken) -> None:
+        if taken.reconnected:
+            self._publisher.on_reconnect()
+            for sub in self._persistent.values():
+                sub.parked_dirty = sub.state is not None  # requests may have been missed
+        for notification in taken.notifications:
+            self._publisher.on_notification(notification)
+        for sub in self._persistent.values():
+            if sub.subscription_id in taken.parked:
+                sub.parked_dirty = True
         self._publisher.retry_failed()
-        if self._persistent and now >= self._next_lock_check:
+        now = time.monotonic()
+        if now >= self._next_lock_check and any(
+            s.state is not None for s in self._persistent.values()
+        ):
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
         for sub in list(self._persistent.values()):
-            if sub.state is None:
-                if now >= sub.next_attempt:
-                    self._try_start(sub, now)
+            if sub.io_failures and time.monotonic() < sub.io_retry_at:
                 continue
-            self._pump(sub)
-            after = sub.options.checkpoint_after
-            if (
-                after is not None
-                and sub.state.checkpoint_pending
-                and now - sub.last_ack_at >= after
-            ):
-                self._write_checkpoint(sub)
+            try:
+                self._serve(sub, time.monotonic())
+            except Exception as error:
+                # Storage trouble of this subscription: retried with backoff,
+                # logged once per change; the others carry on.
+                sub.io_failures += 1
+                sub.io_retry_at = time.monotonic() + backoff(sub.io_failures)
+                self._log_once(sub, f"subscription {sub.name!r} failed; retrying", error)
+            else:
+                if sub.io_failures:
+                    sub.io_failures = 0
+                    sub.logged = None
+
+    def _log_once(self, sub: Persistent, message: str, error: BaseException) -> None:
+        summary = describe(error)
+        if summary != sub.logged:
+            logger.warning("%s: %s", message, summary, exc_info=error)
+            sub.logged = summary
+
+    def _serve(self, sub: Persistent, now: float) -> None:
+        state = sub.state
+        if state is None:
+            if now >= sub.next_attempt:
+                self._try_start(sub, now)
+            return
+        if sub.parked_dirty:
+            self._load_parked(sub)
+        self._pump(sub, now)
+        if sub.state is not state:
+            return  # deleted meanwhile
+        after = sub.options.checkpoint_after
+        if after is not None and state.checkpoint_pending and now - sub.last_ack_at >= after:
+            self._write_checkpoint(sub)
 
     def _check_locks(self) -> None:
-        """A lost lock session means every lock is gone: stop delivering until
-        each subscription holds its lock again."""
-        if self._locks.check():
-            return
-        for sub in self._persistent.values():
-            if sub.state is not None:
+        """A replaced or lost lock session means every lock taken on it is
+        gone: stop delivering until each subscription holds its lock again.
+        A subscription whose row was deleted (in any process) is stopped."""
+        running = [s for s in self._persistent.values() if s.state is not None]
+        ids = [s.subscription_id for s in running if s.subscription_id and not s.transient]
+        result = self._locks.check([i for i in ids if i is not None])
+        for sub in running:
+            if result is None or result[0] != sub.lock_generation:
                 logger.warning("subscription %r lost its lock; stopping delivery", sub.name)
                 self._drop_state(sub)
+            elif not sub.transient and sub.subscription_id not in result[1]:
+                self._deleted(sub)
 
-    def _drop_state(self, sub: _Persistent) -> None:
-        """Lost the lock: forget in-memory progress; storage has the checkpoint."""
+    def _drop_state(self, sub: Persistent) -> None:
+        """Lost the lock: forget in-memory progress (storage has the checkpoint)
+        and withdraw what was queued to the subscribers."""
         sub.state = None
         sub.next_attempt = time.monotonic()
         self._set_status(sub, DISCONNECTED)
         for handle in sub.handles:
-            handle._subscribed.clear()
+            handle._withdraw()
 
-    def _try_start(self, sub: _Persistent, now: float) -> None:
-        store = self._store
+    def _deleted(self, sub: Persistent) -> None:
+        """The subscription was deleted: its subscribers here stop."""
+        logger.warning("subscription %r was deleted; stopping its subscribers", sub.name)
+        if sub.subscription_id is not None:
+            self._locks.unlock(sub.subscription_id)
+        sub.state = None
+        self._persistent.pop((sub.stream_uuid, sub.name), None)
+        for handle in sub.handles:
+            handle._stop()
+
+    def _try_start(self, sub: Persistent, now: float) -> None:
         if not self._listener.listening:
             # Start once LISTEN is active, so that the catch-up read covers every
             # commit the listener will not notify (it has just been started, or
             # it is reconnecting).
             sub.next_attempt = now + 0.05
             return
+        blocked: dict[str, int] = {}
+        replays: list[int] = []
         try:
-            if sub.options.transient:
-                # Nothing is persisted, so the lock cannot key on a row id: a
-                # negative key from the name keeps processes exclusive without
-                # clashing with persistent subscriptions' (positive) ids.
-                row = rows.SubscriptionRow(_transient_lock_id(sub), sub.options.start_from)
-                sub.subscription_id = row.subscription_id
+            if sub.transient:
+                sub.subscription_id = sub.transient_lock_id()
+                last_seen = sub.options.start_from
             else:
-                with store.engine.begin() as conn:
-                    row = rows.subscribe(
-                        conn, store.schema, sub.stream_uuid, sub.name, sub.options.start_from
-                    )
+                row = io.read_row(self._backend, sub)
                 sub.subscription_id = row.subscription_id
-            locked = self._locks.try_lock(sub.subscription_id)
-            if locked and not sub.options.transient:
+            generation = self._locks.try_lock(sub.subscription_id)
+            if generation is not None and not sub.transient:
                 # Read the checkpoint again now that the lock is ours: the
                 # previous holder may have acked and released since the read.
-                with store.engine.begin() as conn:
-                    row = rows.subscribe(
-                        conn, store.schema, sub.stream_uuid, sub.name, sub.options.start_from
-                    )
+                row = io.read_row(self._backend, sub)
                 if row.subscription_id != sub.subscription_id:
-                    # Deleted and created anew meanwhile: lock the new row next time.
+                    # Deleted and created anew meanwhile: lock the new row at once.
                     self._locks.unlock(sub.subscription_id)
                     sub.subscription_id = row.subscription_id
-                    locked = False
-        except Exception:
-            logger.exception("could not start subscription %r", sub.name)
-            locked = False
-        if not locked:
-            sub.next_attempt = now + store.subscription_retry_interval
+                    sub.next_attempt = now
+                    return
+                last_seen = row.last_seen
+                blocked, replays = io.load_parked(self._backend, sub)
+        except Exception as error:
+            # A failed attempt (not a lock held elsewhere) is retried soon,
+            # with backoff, not after a whole retry interval.
+            sub.start_failures += 1
+            sub.next_attempt = now + min(self._backend.retry_interval, backoff(sub.start_failures))
+            self._set_status(sub, DISCONNECTED)
+            self._log_once(sub, f"could not start subscription {sub.name!r}", error)
+            return
+        sub.start_failures = 0
+        if generation is None:
+            sub.next_attempt = now + self._backend.retry_interval
             self._set_status(sub, DISCONNECTED)
             return
+        sub.logged = None
         opts = sub.options
-        sub.state = SubscriptionState(
-            last_seen=row.last_seen,
+        sub.lock_generation = generation
+        sub.epoch += 1
+        state = sub.state = SubscriptionState(
+            last_seen=last_seen,
             buffer_size=opts.buffer_size,
             max_size=opts.max_size,
             checkpoint_threshold=opts.checkpoint_threshold,
             selector=opts.selector,
+            mapper=opts.mapper,
             partition_by=opts.partition_by,
+            max_retries=opts.max_retries,
         )
+        state.blocked = blocked
+        if replays:
+            state.replay(read_events(self._backend, sub.stream_uuid, replays))
         sub.last_ack_at = time.monotonic()
         for handle in sub.handles:
-            sub.state.add_subscriber(id(handle), sub.buffer_sizes.get(id(handle)))
-            handle._set_subscribed()
-        self._pump(sub)
+            state.add_subscriber(id(handle), sub.buffer_sizes.get(id(handle)))
+            handle._begin(sub.epoch)
+        self._pump(sub, now)
 
-    def _pump_safely(self, sub: _Persistent) -> None:
-        """Pump for a caller whose own work already succeeded (an ack): a storage
-        failure here is logged and retried by the next pass, not raised."""
-        try:
-            self._pump(sub)
-        except Exception:
-            logger.warning("subscription %r could not pump; will retry", sub.name, exc_info=True)
+    def _load_parked(self, sub: Persistent) -> None:
+        """Replay or discard requests: reload held-back keys and queue replays."""
+        state = sub.state
+        assert state is not None
+        blocked, replays = io.load_parked(self._backend, sub)
+        sub.parked_dirty = False
+        state.blocked = blocked
+        in_flight = {e.event_number for slot in state.subscribers for e in slot.in_flight}
+        wanted = [n for n in replays if n not in state.replays and n not in in_flight]
+        if wanted:
+            state.replay(read_events(self._backend, sub.stream_uuid, wanted))
 
-    def _pump(self, sub: _Persistent) -> None:
-        """Read from storage while behind, dispatch, and checkpoint when due."""
+    def _pump(self, sub: Persistent, now: float) -> None:
+        """Read from storage while behind, dispatch, park, unpark, checkpoint."""
         state = sub.state
         if state is None:
             return
-        wanted = state.wants_read()
+        wanted = state.wants_read(now)
         if wanted:
-            events = self._read(sub.stream_uuid, state.last_received + 1, wanted)
-            state.receive_read(events, wanted)
-        handles: dict[Hashable, Subscription] = {id(h): h for h in sub.handles}
-        for slot, batch in state.dispatch():
-            handle = handles[slot.key]
-            mapper = sub.options.mapper
-            values = [mapper(e) for e in batch] if mapper else list(batch)
-            handle._deliver(values, [e.event_number for e in batch])
-        self._set_status(sub, state.status)
-        if state.checkpoint_due():
+            events = read_page(self._backend, sub.stream_uuid, state.last_received + 1, wanted)
+            state.receive_read(events, wanted, now)
+        self._dispatch(sub, now)
+        self._write_parks(sub)
+        if state.replays_acked:
+            io.unpark(self._backend, sub, state.replays_acked)
+            state.replays_acked = []
+            sub.parked_dirty = True  # a key may be free again
+        if state.checkpoint_due() and now >= sub.next_checkpoint_write:
             self._write_checkpoint(sub)
+            sub.next_checkpoint_write = now + CHECKPOINT_INTERVAL
+
+    def _dispatch(self, sub: Persistent, now: float) -> None:
+        state = sub.state
+        if state is None:
+            return
+        handles = {id(h): h for h in sub.handles}
+        for batch in state.dispatch(now):
+            handle = handles[batch.slot.key]  # type: ignore[index]
+            handle._deliver(batch.values, [e.event_number for e in batch.events], sub.epoch)
+        self._report(sub)
+
+    def _write_parks(self, sub: Persistent) -> None:
+        state = sub.state
+        if state is None or not state.to_park:
+            return
+        requests = list(state.to_park)
+        io.park(self._backend, sub, requests)
+        state.parked([r.event.event_number for r in requests])
+
+    def _report(self, sub: Persistent) -> None:
+        """Publish the state's failure (or recovery) and status to the subscribers."""
+        state = sub.state
+        if state is None:
+            return
+        failure = state.failure
+        if failure is not None:
+            for handle in sub.handles:
+                handle._last_error = failure.error
+            what = "cannot read" if failure.stage == "receive" else "user code failed on"
+            self._log_once(
+                sub,
+                f"subscription {sub.name!r} {what} event {failure.number}; retrying",
+                failure.error,
+            )
+        elif state.recovered:
+            state.recovered = False
+            sub.logged = None
+            for handle in sub.handles:
+                if not handle._handler_failing:
+                    handle._last_error = None
+        self._set_status(sub, state.status)
 
     @staticmethod
-    def _set_status(sub: _Persistent, status: str) -> None:
+    def _set_status(sub: Persistent, status: str) -> None:
         for handle in sub.handles:
             if handle._status != UNSUBSCRIBED:
                 handle._status = status
 
-    def _write_checkpoint(self, sub: _Persistent, *, durable: bool = False) -> None:
+    def _write_checkpoint(self, sub: Persistent, *, durable: bool = False) -> None:
         """Persist the checkpoint: asynchronously committed for routine writes
         (see ``store_checkpoint``), durably when ``durable``."""
         state = sub.state
         if state is None:
             return
         position = state.checkpoint
-        if not sub.options.transient:
-            with connection(self._store.engine, None, transaction=False) as conn:
-                rows.store_checkpoint(
-                    conn, self._store.schema, sub.stream_uuid, sub.name, position, durable=durable
-                )
+        if not sub.transient and not io.write_checkpoint(
+            self._backend, sub, position, durable=durable
+        ):
+            self._deleted(sub)
+            return
         state.persisted_at(position)
 
-    def _read(self, stream_uuid: str, start: int, count: int) -> list[RecordedEvent]:
-        try:
-            return self._store.read_stream_forward(stream_uuid, start, count)
-        except (StreamNotFoundError, StreamDeletedError):
-            return []
-
     # -- the publisher's view of persistent subscriptions (LiveTargets) -----------------
-
-    def _current_version(self, stream_uuid: str) -> int:
-        try:
-            return self._store.stream_info(stream_uuid).stream_version
-        except (StreamNotFoundError, StreamDeletedError):
-            return 0
 
     def live_streams(self) -> set[str]:
         return {s.stream_uuid for s in self._persistent.values()}
 
     def interested(self, stream_uuid: str) -> bool:
+        """Whether a subscription takes live events of the stream now: one that
+        is catching up reads storage anyway, so notifications coalesce."""
         return any(
-            s.stream_uuid == stream_uuid and s.state is not None for s in self._persistent.values()
+            s.stream_uuid == stream_uuid and s.state is not None and not s.state.behind
+            for s in self._persistent.values()
         )
 
-    def published(self, stream_uuid: str, events: list[RecordedEvent]) -> None:
-        for sub in self._persistent.values():
+    def published(self, stream_uuid: str, events: list[RecordedEvent | Unreadable]) -> None:
+        now = time.monotonic()
+        for sub in list(self._persistent.values()):
             if sub.stream_uuid == stream_uuid and sub.state is not None:
-                sub.state.receive_published(events)
-                self._pump_safely(sub)
+                sub.state.receive_published(events, now)
+                self._dispatch(sub, now)
 
     def behind(self, stream_uuid: str | None) -> None:
         for sub in self._persistent.values():
