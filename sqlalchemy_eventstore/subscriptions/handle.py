@@ -261,6 +261,10 @@ class Subscription:
             if index < 0:
                 return
             delivery = self._deliveries[index]
+            if delivery.epoch != self._epoch:
+                # From a lifetime that ended: kept (bounded), so acking it
+                # again stays quiet rather than matching a redelivery.
+                return
             position = delivery.numbers.index(number)
             kept = [d for d in self._deliveries[:index] if d.epoch != epoch]
             if position + 1 < len(delivery.numbers):
