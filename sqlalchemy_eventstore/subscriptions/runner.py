@@ -393,15 +393,19 @@ class Runner:
         return wake
 
     def _pass(self, taken: Taken) -> None:
+        # Replay and discard requests first: an event committed after a
+        # discard must find its partition key free.
+        for sub in self._persistent.values():
+            if sub.state is not None and (taken.reconnected or sub.subscription_id in taken.parked):
+                sub.parked_dirty = True  # after a reconnect, requests may have been missed
+                try:
+                    self._load_parked(sub)
+                except Exception as error:
+                    self._log_once(sub, "could not load parked events; will retry", error)
         if taken.reconnected:
             self._publisher.on_reconnect()
-            for sub in self._persistent.values():
-                sub.parked_dirty = sub.state is not None  # requests may have been missed
         for notification in taken.notifications:
             self._publisher.on_notification(notification)
-        for sub in self._persistent.values():
-            if sub.subscription_id in taken.parked:
-                sub.parked_dirty = True
         self._publisher.retry_failed()
         now = time.monotonic()
         if now >= self._next_lock_check and any(
