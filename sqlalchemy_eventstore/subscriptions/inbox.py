@@ -41,6 +41,7 @@ class Inbox:
         self._notifications: dict[str, Notification] = {}
         self._reconnected = False
         self._parked: set[int] = set()
+        self._woken = False
 
     def call(self, work: Callable[[], Any], future: Future[Any] | None = None) -> None:
         with self._cond:
@@ -67,13 +68,21 @@ class Inbox:
             self._reconnected = True
             self._cond.notify()
 
+    def wake(self) -> None:
+        """Wake the scheduler for a pass, with nothing to hand it."""
+        with self._cond:
+            self._woken = True
+            self._cond.notify()
+
     def parked(self, subscription_id: int) -> None:
         with self._cond:
             self._parked.add(subscription_id)
             self._cond.notify()
 
     def _empty(self) -> bool:
-        return not (self._calls or self._notifications or self._reconnected or self._parked)
+        return not (
+            self._calls or self._notifications or self._reconnected or self._parked or self._woken
+        )
 
     def take(self, timeout: float) -> Taken:
         """Everything pending, waiting up to ``timeout`` seconds for something."""
@@ -90,6 +99,7 @@ class Inbox:
             self._notifications.clear()
             self._reconnected = False
             self._parked.clear()
+            self._woken = False
             return taken
 
     def drain_calls(self) -> list[Call]:

@@ -57,6 +57,8 @@ class Persistent:
     last_ack_at: float = 0.0
     next_checkpoint_write: float = 0.0
     logged: str | None = None
+    # The status last shown to the subscribers.
+    status: str = "initial"
     # The parked rows changed (a replay or discard request): reload them.
     parked_dirty: bool = False
 

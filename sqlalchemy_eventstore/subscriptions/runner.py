@@ -1,12 +1,15 @@
 """The scheduler: one thread per store driving every subscription of the process.
 
-It owns all subscription state, so nothing here needs a lock but the inbox:
-the listener, the subscribers' acks and the public API all post to it and
-(where they need an answer) wait for it. A pass takes every pending call
-first (acks never wait behind a storage read), then the coalesced
-notifications, then serves each subscription on its own -- one failing
-subscription never holds up another -- and finally sleeps until something
-arrives or its next timer is due.
+Subscription state is guarded by one mutex. The scheduler thread holds it
+while it works, and lets go of it for storage reads; acks take it on the
+acking thread itself (a handler's worker, a mailbox consumer), record the ack
+and send the next events at once -- so an ack never waits behind a storage
+read, and a handler with ``buffer_size=1`` gets its next event without a
+thread round trip. The listener and the public API post to the inbox. A
+pass takes every pending call first, then the coalesced notifications, then
+serves each subscription on its own -- one failing subscription never holds
+up another -- and finally sleeps until something arrives or its next timer
+is due.
 """
 
 from __future__ import annotations
@@ -78,6 +81,10 @@ class Runner:
             creator=backend.session_creator,
         )
         self._stopping = False
+        self._mutex = threading.RLock()
+        # A wake-up is on its way to the scheduler (acks need a read or a
+        # checkpoint write): further acks need not send another.
+        self._kicked = False
         self._next_lock_check = 0.0
         self._logged_pass_error: str | None = None
         self._thread = threading.Thread(
@@ -92,6 +99,8 @@ class Runner:
         """Run ``work`` on the runner thread and return its result (or raise)."""
         if threading.current_thread() is self._thread:
             return work()
+        if self._mutex._is_owned():  # type: ignore[attr-defined]
+            raise RuntimeError("subscription calls cannot be made from inside a selector/mapper")
         if not self._thread.is_alive():
             raise RuntimeError("the event store's subscriptions are stopped (store closed)")
         future: Future[T] = Future()
@@ -113,19 +122,21 @@ class Runner:
         while True:
             timeout = max(0.0, min(MAX_SLEEP, self._next_wake() - time.monotonic()))
             taken = self._inbox.take(timeout)
-            for work, future in taken.calls:
-                self._execute(work, future)
-            if self._stopping:
-                for work, future in self._inbox.drain_calls():
+            with self._mutex:
+                self._kicked = False
+                for work, future in taken.calls:
                     self._execute(work, future)
-                return
-            try:
-                self._pass(taken)
-                self._logged_pass_error = None
-            except Exception as error:
-                if describe(error) != self._logged_pass_error:
-                    logger.exception("subscription runner pass failed")
-                self._logged_pass_error = describe(error)
+                if self._stopping:
+                    for work, future in self._inbox.drain_calls():
+                        self._execute(work, future)
+                    return
+                try:
+                    self._pass(taken)
+                    self._logged_pass_error = None
+                except Exception as error:
+                    if describe(error) != self._logged_pass_error:
+                        logger.exception("subscription runner pass failed")
+                    self._logged_pass_error = describe(error)
 
     @staticmethod
     def _execute(work: Callable[[], Any], future: Future[Any] | None) -> None:
@@ -211,6 +222,7 @@ class Runner:
             if sub.state is not None:
                 sub.state.add_subscriber(id(handle), options.buffer_size)
                 handle._begin(sub.epoch)
+                sub.status = ""  # shown to the newcomer at the next report
                 self._dispatch(sub, time.monotonic())
             return handle
 
@@ -223,35 +235,45 @@ class Runner:
     def ack(
         self, key: Key, handle: Subscription, epoch: int, event_number: int, *, wait: bool = True
     ) -> None:
-        """Record an ack. An ack from an ended lifetime (the lock was lost
-        since the batch was sent) is ignored: its events are redelivered."""
+        """Record an ack, on the calling thread, and send what it makes room for.
 
-        def record() -> None:
+        An ack from an ended lifetime (the lock was lost since the batch was
+        sent) is ignored: its events are redelivered. With ``wait`` (a
+        caller's ack) a due checkpoint is written before returning; a
+        handler's ack leaves it to the scheduler's coalesced write.
+        """
+        if not self._thread.is_alive():
+            return  # the store is closed: the checkpoint was written at close
+        with self._mutex:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None or handle not in sub.handles:
                 return  # not subscribed (any more): its events went back to the queue
             if epoch != sub.epoch:
                 return  # stale: never matched against the new lifetime
-            sub.state.ack(id(handle), event_number)
-            sub.last_ack_at = time.monotonic()
-            self._dispatch(sub, sub.last_ack_at)
-            if wait and sub.state.checkpoint_due():
-                # A caller's ack returns with its due checkpoint written; a
-                # handler's (which nobody waits for) shares the coalesced write.
+            state = sub.state
+            state.ack(id(handle), event_number)
+            now = sub.last_ack_at = time.monotonic()
+            self._dispatch(sub, now)
+            due = state.checkpoint_due()
+            if wait and due:
                 try:
                     self._write_checkpoint(sub)
                 except Exception as error:
                     self._log_once(sub, "could not write a checkpoint; will retry", error)
+                return
+            if (due and now >= sub.next_checkpoint_write) or state.wants_read(now):
+                self._kick()
 
-        if wait:
-            self.call(record)
-        else:
-            self._inbox.call(record)
+    def _kick(self) -> None:
+        """Wake the scheduler (once per pass) for a read or a checkpoint write."""
+        if not self._kicked:
+            self._kicked = True
+            self._inbox.wake()
 
     def park(self, key: Key, handle: Subscription, epoch: int, number: int, reason: str) -> None:
         """A handler gave up on an in-flight event: park it (written next pass)."""
 
-        def record() -> None:
+        with self._mutex:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None or handle not in sub.handles:
                 return
@@ -259,8 +281,7 @@ class Runner:
                 return
             sub.state.park_in_flight(id(handle), number, reason)
             self._dispatch(sub, time.monotonic())
-
-        self._inbox.call(record)
+            self._kick()
 
     def subscriber_died(self, key: Key, handle: Subscription) -> None:
         """A handler's worker thread died: remove the subscriber as if it left."""
@@ -546,6 +567,7 @@ class Runner:
         for handle in sub.handles:
             state.add_subscriber(id(handle), sub.buffer_sizes.get(id(handle)))
             handle._begin(sub.epoch)
+        sub.status = ""  # reported by the first dispatch
         self._pump(sub, now)
 
     def _load_parked(self, sub: Persistent) -> None:
@@ -567,7 +589,15 @@ class Runner:
             return
         wanted = state.wants_read(now)
         if wanted:
-            events = read_page(self._backend, sub.stream_uuid, state.last_received + 1, wanted)
+            start = state.last_received + 1
+            # Read without the mutex: acks go on meanwhile.
+            self._mutex.release()
+            try:
+                events = read_page(self._backend, sub.stream_uuid, start, wanted)
+            finally:
+                self._mutex.acquire()
+            if sub.state is not state or state.last_received + 1 != start:
+                return  # dropped, or moved on meanwhile: this page is stale
             state.receive_read(events, wanted, now)
         self._dispatch(sub, now)
         self._write_parks(sub)
@@ -583,11 +613,14 @@ class Runner:
         state = sub.state
         if state is None:
             return
-        handles = {id(h): h for h in sub.handles}
-        for batch in state.dispatch(now):
-            handle = handles[batch.slot.key]  # type: ignore[index]
-            handle._deliver(batch.values, [e.event_number for e in batch.events], sub.epoch)
-        self._report(sub)
+        batches = state.dispatch(now)
+        if batches:
+            handles = {id(h): h for h in sub.handles}
+            for batch in batches:
+                handle = handles[batch.slot.key]  # type: ignore[index]
+                handle._deliver(batch.values, [e.event_number for e in batch.events], sub.epoch)
+        if state.failure is not None or state.recovered or state.status != sub.status:
+            self._report(sub)
 
     def _write_parks(self, sub: Persistent) -> None:
         state = sub.state
@@ -622,6 +655,7 @@ class Runner:
 
     @staticmethod
     def _set_status(sub: Persistent, status: str) -> None:
+        sub.status = status
         for handle in sub.handles:
             if handle._status != UNSUBSCRIBED:
                 handle._status = status

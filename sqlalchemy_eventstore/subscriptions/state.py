@@ -326,18 +326,26 @@ class SubscriptionState:
         so every partition is handled in order by one subscriber at a time.
         An event whose key is held back by a parked event is parked behind it.
         """
-        if not self.subscribers or not self.queue or self.held_back("dispatch", now):
+        if not self.queue or self.held_back("dispatch", now):
             return []
+        if all(slot.capacity <= 0 for slot in self.subscribers):
+            return []  # no room anywhere (or no subscriber): nothing to look at
+        if self.partition_by is None:
+            return self._dispatch_round_robin(now)
+        return self._dispatch_partitioned(now, self.partition_by)
+
+    def _dispatch_partitioned(
+        self, now: float, partition_by: Callable[[RecordedEvent], Hashable]
+    ) -> list[Dispatch]:
+        """``dispatch`` with partitions: one subscriber per key at a time."""
         batches: dict[int, Dispatch] = {}
         owners: dict[Hashable, SubscriberSlot] = {}
-        partition_by = self.partition_by
-        if partition_by is not None:
-            for slot in self.subscribers:
-                for sent in slot.in_flight:
-                    try:
-                        owners[partition_by(sent)] = slot
-                    except Exception:
-                        continue  # it passed before; a flaky key function is retried below
+        for slot in self.subscribers:
+            for sent in slot.in_flight:
+                try:
+                    owners[partition_by(sent)] = slot
+                except Exception:
+                    continue  # it passed before; a flaky key function is retried below
         blocked: set[Hashable] = set()
         kept: deque[RecordedEvent] = deque()
         while self.queue:
@@ -345,32 +353,24 @@ class SubscriptionState:
             number = event.event_number
             replayed = number in self.replays
             target: SubscriberSlot | None
-            turn = partition_by is None
+            turn = False
             try:
-                if partition_by is not None:
-                    key = partition_by(event)
-                    if key in blocked:
-                        kept.append(event)
-                        continue
-                    blocker = self.blocked.get(str(key))
-                    if blocker is not None and not replayed and blocker != number:
-                        self._park(event, f"blocked behind parked event {blocker}", str(key))
-                        continue
-                    target = owners.get(key)
-                    if target is None:
-                        target = self._round_robin(peek=True)
-                        turn = True
-                    if target is None or target.capacity <= 0:
-                        blocked.add(key)
-                        kept.append(event)
-                        continue
-                else:
+                key = partition_by(event)
+                if key in blocked:
+                    kept.append(event)
+                    continue
+                blocker = self.blocked.get(str(key))
+                if blocker is not None and not replayed and blocker != number:
+                    self._park(event, f"blocked behind parked event {blocker}", str(key))
+                    continue
+                target = owners.get(key)
+                if target is None:
                     target = self._round_robin(peek=True)
-                    if target is None:
-                        kept.append(event)
-                        kept.extend(self.queue)
-                        self.queue.clear()
-                        break
+                    turn = True
+                if target is None or target.capacity <= 0:
+                    blocked.add(key)
+                    kept.append(event)
+                    continue
                 value = self.mapper(event) if self.mapper is not None else event
             except Exception as error:
                 if self._fail(number, error, "dispatch", now):
@@ -380,13 +380,10 @@ class SubscriptionState:
                     else:
                         self._park(event, describe(error), self._key_of(event))
                     continue
-                kept.append(event)
-                kept.extend(self.queue)
-                self.queue.clear()
+                self.queue.appendleft(event)
                 break
             self._succeeded(number)
-            if partition_by is not None:
-                owners[key] = target
+            owners[key] = target
             if turn:
                 self._round_robin(peek=False)
             target.in_flight.append(event)
@@ -395,7 +392,45 @@ class SubscriptionState:
                 batch = batches[id(target)] = Dispatch(target, [], [])
             batch.events.append(event)
             batch.values.append(value)
-        self.queue = kept
+        if kept:  # held back partitions first, then whatever was not looked at
+            kept.extend(self.queue)
+            self.queue = kept
+        return list(batches.values())
+
+    def _dispatch_round_robin(self, now: float) -> list[Dispatch]:
+        """``dispatch`` without partitions: the hot path of catching up."""
+        batches: dict[int, Dispatch] = {}
+        queue, mapper = self.queue, self.mapper
+        while queue:
+            target = self._round_robin(peek=False)
+            if target is None:
+                break
+            event = queue[0]
+            number = event.event_number
+            if mapper is None:
+                value: Any = event
+            else:
+                try:
+                    value = mapper(event)
+                except Exception as error:
+                    if not self._fail(number, error, "dispatch", now):
+                        break
+                    queue.popleft()
+                    if number in self.replays:  # already parked: it stays so
+                        self.replays.discard(number)
+                        self.failure = None
+                    else:
+                        self._park(event, describe(error), None)
+                    continue
+            queue.popleft()
+            if self.failure is not None:
+                self._succeeded(number)
+            target.in_flight.append(event)
+            batch = batches.get(id(target))
+            if batch is None:
+                batch = batches[id(target)] = Dispatch(target, [], [])
+            batch.events.append(event)
+            batch.values.append(value)
         return list(batches.values())
 
     def _round_robin(self, *, peek: bool) -> SubscriberSlot | None:
