@@ -243,7 +243,9 @@ class Runner:
         handler's ack leaves it to the scheduler's coalesced write.
         """
         if not self._thread.is_alive():
-            return  # the store is closed: the checkpoint was written at close
+            if wait:
+                raise RuntimeError("the event store's subscriptions are stopped (store closed)")
+            return  # a handler's last ack at close: the checkpoint was written then
         with self._mutex:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None or handle not in sub.handles:
@@ -253,7 +255,10 @@ class Runner:
             state = sub.state
             state.ack(id(handle), event_number)
             now = sub.last_ack_at = time.monotonic()
-            self._dispatch(sub, now)
+            if state.wants_read(now) and len(state.queue) < state.room(id(handle)):
+                self._kick()  # read first, then send a full batch
+            else:
+                self._dispatch(sub, now)
             due = state.checkpoint_due()
             if wait and due:
                 try:

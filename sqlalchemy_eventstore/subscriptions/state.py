@@ -188,6 +188,10 @@ class SubscriptionState:
         slot.in_flight.clear()
         self._next_subscriber = 0
 
+    def room(self, key: Hashable) -> int:
+        """How many more events the subscriber ``key`` may have in flight."""
+        return self._slot(key).capacity
+
     def _slot(self, key: Hashable) -> SubscriberSlot:
         for slot in self.subscribers:
             if slot.key == key:
