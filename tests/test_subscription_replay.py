@@ -1,8 +1,8 @@
-"""Replaying parked events: the running subscription reacts to a replay
-request (the ``replay_requested`` flag and a NOTIFY on ``"<schema>.parked"``,
-as ``store.replay_parked`` writes them), delivers the events in order below
-its checkpoint, and unparks each once acked; a partition key is free again
-once its parked events are gone."""
+"""Replaying parked events: the running subscription reacts to
+``store.replay_parked`` (a flag and a NOTIFY on ``"<schema>.parked"``),
+delivers the events in order below its checkpoint, and unparks each once
+acked; a partition key is free again once its parked events are replayed and
+acked, or discarded."""
 
 from __future__ import annotations
 
@@ -24,24 +24,6 @@ def parked(admin_engine, schema: str) -> list[int]:
                 text(f'SELECT event_number FROM "{schema}".parked_events ORDER BY 1')
             )
         ]
-
-
-def request_replay(admin_engine, schema: str) -> None:
-    with admin_engine.connect() as conn:
-        sid = (
-            conn.execute(
-                text(
-                    f'UPDATE "{schema}".parked_events SET replay_requested = true '
-                    "RETURNING subscription_id"
-                )
-            )
-            .scalars()
-            .first()
-        )
-        conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": f"{schema}.parked", "payload": str(sid)},
-        )
 
 
 def test_replayed_events_are_delivered_in_order_and_unparked_once_acked(
@@ -74,7 +56,7 @@ def test_replayed_events_are_delivered_in_order_and_unparked_once_acked(
     assert eventually(lambda: parked(admin_engine, es.schema) == [1, 3, 5])
 
     broken.clear()
-    request_replay(admin_engine, es.schema)
+    assert es.replay_parked("replay") == 3
     replayed = flatten(collect(sub, 3))
     assert numbers(replayed) == [1, 3, 5]  # in order, although below the checkpoint
     sub.ack(replayed[-1])
@@ -103,11 +85,7 @@ def test_discarded_parked_events_free_their_key(make_store, admin_engine):
     assert sub.wait_subscribed(WAIT)
     es.append_to_stream("x", ANY_VERSION, [EventData("Tick", {"i": 0})])
     assert eventually(lambda: parked(admin_engine, es.schema) == [1])
-    with admin_engine.connect() as conn:  # what store.discard_parked does
-        sid = conn.execute(
-            text(f'DELETE FROM "{es.schema}".parked_events RETURNING subscription_id')
-        ).scalar()
-        conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": f"{es.schema}.parked", "p": str(sid)})
+    assert es.discard_parked("discard") == 1
     es.append_to_stream("x", ANY_VERSION, [EventData("Tick", {"i": 1})])
     assert numbers(flatten(collect(sub, 1, ack=True))) == [2]
     assert parked(admin_engine, es.schema) == []
