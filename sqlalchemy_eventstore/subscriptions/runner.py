@@ -26,13 +26,13 @@ from ..errors import AlreadySubscribedError, SubscriptionAlreadyExistsError, Too
 from ..notifications.listener import Listener
 from ..notifications.publisher import Publisher
 from ..storage.locks import AdvisoryLocks
-from . import persistent as io
 from .handle import Handler, Subscription
 from .inbox import Inbox, Taken
+from .locking import LockSupervision
 from .options import PersistentOptions
 from .persistent import Persistent
-from .reading import Backend, Unreadable, current_version, read_events, read_page
-from .state import DISCONNECTED, UNSUBSCRIBED, SubscriptionState, backoff, describe
+from .reading import Backend, current_version, read_page
+from .state import backoff, describe
 
 __all__ = ["Runner"]
 
@@ -44,16 +44,11 @@ Key = tuple[str, str]
 # finds deleted subscriptions) while persistent subscriptions run: the
 # longest a process keeps delivering after its lock session died.
 LOCK_CHECK_INTERVAL = 0.5
-# Routine checkpoint writes of one subscription are at most this far apart:
-# a checkpoint due at every ack (threshold 1) is written once per interval
-# with every ack since, rather than once per event. Unsubscribe and close
-# write at once, whatever the interval.
-CHECKPOINT_INTERVAL = 0.05
 # The longest the scheduler sleeps with nothing to do.
 MAX_SLEEP = 1.0
 
 
-class Runner:
+class Runner(LockSupervision):
     """Drives the subscriptions of one store (started on the first subscribe)."""
 
     def __init__(self, backend: Backend) -> None:
@@ -99,7 +94,7 @@ class Runner:
         """Run ``work`` on the runner thread and return its result (or raise)."""
         if threading.current_thread() is self._thread:
             return work()
-        if self._mutex._is_owned():  # type: ignore[attr-defined]
+        if self._mutex._is_owned():
             raise RuntimeError("subscription calls cannot be made from inside a selector/mapper")
         if not self._thread.is_alive():
             raise RuntimeError("the event store's subscriptions are stopped (store closed)")
@@ -269,12 +264,6 @@ class Runner:
             if (due and now >= sub.next_checkpoint_write) or state.wants_read(now):
                 self._kick()
 
-    def _kick(self) -> None:
-        """Wake the scheduler (once per pass) for a read or a checkpoint write."""
-        if not self._kicked:
-            self._kicked = True
-            self._inbox.wake()
-
     def park(self, key: Key, handle: Subscription, epoch: int, number: int, reason: str) -> None:
         """A handler gave up on an in-flight event: park it (written next pass)."""
 
@@ -378,19 +367,6 @@ class Runner:
     def _transient_handles(self) -> list[Subscription]:
         return [h for h in self._publisher.transient_handles() if isinstance(h, Subscription)]
 
-    def _release(self, sub: Persistent) -> None:
-        """Write parks and the checkpoint (whatever the threshold), give up the lock."""
-        try:
-            state = sub.state
-            if state is not None:
-                self._write_parks(sub)
-                if state.checkpoint_pending:
-                    self._write_checkpoint(sub, durable=True)
-        finally:
-            if sub.subscription_id is not None:
-                self._locks.unlock(sub.subscription_id)
-            sub.state = None
-
     def _next_wake(self) -> float:
         now = time.monotonic()
         wake = now + MAX_SLEEP
@@ -455,12 +431,6 @@ class Runner:
                     sub.io_failures = 0
                     sub.logged = None
 
-    def _log_once(self, sub: Persistent, message: str, error: BaseException) -> None:
-        summary = describe(error)
-        if summary != sub.logged:
-            logger.warning("%s: %s", message, summary, exc_info=error)
-            sub.logged = summary
-
     def _serve(self, sub: Persistent, now: float) -> None:
         state = sub.state
         if state is None:
@@ -475,231 +445,3 @@ class Runner:
         after = sub.options.checkpoint_after
         if after is not None and state.checkpoint_pending and now - sub.last_ack_at >= after:
             self._write_checkpoint(sub)
-
-    def _check_locks(self) -> None:
-        """A replaced or lost lock session means every lock taken on it is
-        gone: stop delivering until each subscription holds its lock again.
-        A subscription whose row was deleted (in any process) is stopped."""
-        running = [s for s in self._persistent.values() if s.state is not None]
-        ids = [s.subscription_id for s in running if s.subscription_id and not s.transient]
-        result = self._locks.check([i for i in ids if i is not None])
-        for sub in running:
-            if result is None or result[0] != sub.lock_generation:
-                logger.warning("subscription %r lost its lock; stopping delivery", sub.name)
-                self._drop_state(sub)
-            elif not sub.transient and sub.subscription_id not in result[1]:
-                self._deleted(sub)
-
-    def _drop_state(self, sub: Persistent) -> None:
-        """Lost the lock: forget in-memory progress (storage has the checkpoint)
-        and withdraw what was queued to the subscribers."""
-        sub.state = None
-        sub.next_attempt = time.monotonic()
-        self._set_status(sub, DISCONNECTED)
-        for handle in sub.handles:
-            handle._withdraw()
-
-    def _deleted(self, sub: Persistent) -> None:
-        """The subscription was deleted: its subscribers here stop."""
-        logger.warning("subscription %r was deleted; stopping its subscribers", sub.name)
-        if sub.subscription_id is not None:
-            self._locks.unlock(sub.subscription_id)
-        sub.state = None
-        self._persistent.pop((sub.stream_uuid, sub.name), None)
-        for handle in sub.handles:
-            handle._stop()
-
-    def _try_start(self, sub: Persistent, now: float) -> None:
-        if not self._listener.listening:
-            # Start once LISTEN is active, so that the catch-up read covers every
-            # commit the listener will not notify (it has just been started, or
-            # it is reconnecting).
-            sub.next_attempt = now + 0.05
-            return
-        blocked: dict[str, int] = {}
-        replays: list[int] = []
-        try:
-            if sub.transient:
-                sub.subscription_id = sub.transient_lock_id()
-                last_seen = sub.options.start_from
-            else:
-                row = io.read_row(self._backend, sub)
-                sub.subscription_id = row.subscription_id
-            generation = self._locks.try_lock(sub.subscription_id)
-            if generation is not None and not sub.transient:
-                # Read the checkpoint again now that the lock is ours: the
-                # previous holder may have acked and released since the read.
-                row = io.read_row(self._backend, sub)
-                if row.subscription_id != sub.subscription_id:
-                    # Deleted and created anew meanwhile: lock the new row at once.
-                    self._locks.unlock(sub.subscription_id)
-                    sub.subscription_id = row.subscription_id
-                    sub.next_attempt = now
-                    return
-                last_seen = row.last_seen
-                blocked, replays = io.load_parked(self._backend, sub)
-        except Exception as error:
-            # A failed attempt (not a lock held elsewhere) is retried soon,
-            # with backoff, not after a whole retry interval.
-            sub.start_failures += 1
-            sub.next_attempt = now + min(self._backend.retry_interval, backoff(sub.start_failures))
-            self._set_status(sub, DISCONNECTED)
-            self._log_once(sub, f"could not start subscription {sub.name!r}", error)
-            return
-        sub.start_failures = 0
-        if generation is None:
-            sub.next_attempt = now + self._backend.retry_interval
-            self._set_status(sub, DISCONNECTED)
-            return
-        sub.logged = None
-        opts = sub.options
-        sub.lock_generation = generation
-        sub.epoch += 1
-        state = sub.state = SubscriptionState(
-            last_seen=last_seen,
-            buffer_size=opts.buffer_size,
-            max_size=opts.max_size,
-            checkpoint_threshold=opts.checkpoint_threshold,
-            selector=opts.selector,
-            mapper=opts.mapper,
-            partition_by=opts.partition_by,
-            max_retries=opts.max_retries,
-        )
-        state.blocked = blocked
-        if replays:
-            state.replay(read_events(self._backend, sub.stream_uuid, replays))
-        sub.last_ack_at = time.monotonic()
-        for handle in sub.handles:
-            state.add_subscriber(id(handle), sub.buffer_sizes.get(id(handle)))
-            handle._begin(sub.epoch)
-        sub.status = ""  # reported by the first dispatch
-        self._pump(sub, now)
-
-    def _load_parked(self, sub: Persistent) -> None:
-        """Replay or discard requests: reload held-back keys and queue replays."""
-        state = sub.state
-        assert state is not None
-        blocked, replays = io.load_parked(self._backend, sub)
-        sub.parked_dirty = False
-        state.blocked = blocked
-        in_flight = {e.event_number for slot in state.subscribers for e in slot.in_flight}
-        wanted = [n for n in replays if n not in state.replays and n not in in_flight]
-        if wanted:
-            state.replay(read_events(self._backend, sub.stream_uuid, wanted))
-
-    def _pump(self, sub: Persistent, now: float) -> None:
-        """Read from storage while behind, dispatch, park, unpark, checkpoint."""
-        state = sub.state
-        if state is None:
-            return
-        wanted = state.wants_read(now)
-        if wanted:
-            start = state.last_received + 1
-            # Read without the mutex: acks go on meanwhile.
-            self._mutex.release()
-            try:
-                events = read_page(self._backend, sub.stream_uuid, start, wanted)
-            finally:
-                self._mutex.acquire()
-            if sub.state is not state or state.last_received + 1 != start:
-                return  # dropped, or moved on meanwhile: this page is stale
-            state.receive_read(events, wanted, now)
-        self._dispatch(sub, now)
-        self._write_parks(sub)
-        if state.replays_acked:
-            io.unpark(self._backend, sub, state.replays_acked)
-            state.replays_acked = []
-            sub.parked_dirty = True  # a key may be free again
-        if state.checkpoint_due() and now >= sub.next_checkpoint_write:
-            self._write_checkpoint(sub)
-            sub.next_checkpoint_write = now + CHECKPOINT_INTERVAL
-
-    def _dispatch(self, sub: Persistent, now: float) -> None:
-        state = sub.state
-        if state is None:
-            return
-        batches = state.dispatch(now)
-        if batches:
-            handles = {id(h): h for h in sub.handles}
-            for batch in batches:
-                handle = handles[batch.slot.key]  # type: ignore[index]
-                handle._deliver(batch.values, [e.event_number for e in batch.events], sub.epoch)
-        if state.failure is not None or state.recovered or state.status != sub.status:
-            self._report(sub)
-
-    def _write_parks(self, sub: Persistent) -> None:
-        state = sub.state
-        if state is None or not state.to_park:
-            return
-        requests = list(state.to_park)
-        io.park(self._backend, sub, requests)
-        state.parked([r.event.event_number for r in requests])
-
-    def _report(self, sub: Persistent) -> None:
-        """Publish the state's failure (or recovery) and status to the subscribers."""
-        state = sub.state
-        if state is None:
-            return
-        failure = state.failure
-        if failure is not None:
-            for handle in sub.handles:
-                handle._last_error = failure.error
-            what = "cannot read" if failure.stage == "receive" else "user code failed on"
-            self._log_once(
-                sub,
-                f"subscription {sub.name!r} {what} event {failure.number}; retrying",
-                failure.error,
-            )
-        elif state.recovered:
-            state.recovered = False
-            sub.logged = None
-            for handle in sub.handles:
-                if not handle._handler_failing:
-                    handle._last_error = None
-        self._set_status(sub, state.status)
-
-    @staticmethod
-    def _set_status(sub: Persistent, status: str) -> None:
-        sub.status = status
-        for handle in sub.handles:
-            if handle._status != UNSUBSCRIBED:
-                handle._status = status
-
-    def _write_checkpoint(self, sub: Persistent, *, durable: bool = False) -> None:
-        """Persist the checkpoint: asynchronously committed for routine writes
-        (see ``store_checkpoint``), durably when ``durable``."""
-        state = sub.state
-        if state is None:
-            return
-        position = state.checkpoint
-        if not sub.transient and not io.write_checkpoint(
-            self._backend, sub, position, durable=durable
-        ):
-            self._deleted(sub)
-            return
-        state.persisted_at(position)
-
-    # -- the publisher's view of persistent subscriptions (LiveTargets) -----------------
-
-    def live_streams(self) -> set[str]:
-        return {s.stream_uuid for s in self._persistent.values()}
-
-    def interested(self, stream_uuid: str) -> bool:
-        """Whether a subscription takes live events of the stream now: one that
-        is catching up reads storage anyway, so notifications coalesce."""
-        return any(
-            s.stream_uuid == stream_uuid and s.state is not None and not s.state.behind
-            for s in self._persistent.values()
-        )
-
-    def published(self, stream_uuid: str, events: list[RecordedEvent | Unreadable]) -> None:
-        now = time.monotonic()
-        for sub in list(self._persistent.values()):
-            if sub.stream_uuid == stream_uuid and sub.state is not None:
-                sub.state.receive_published(events, now)
-                self._dispatch(sub, now)
-
-    def behind(self, stream_uuid: str | None) -> None:
-        for sub in self._persistent.values():
-            if sub.state is not None and stream_uuid in (None, sub.stream_uuid):
-                sub.state.behind = True
