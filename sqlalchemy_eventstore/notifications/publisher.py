@@ -85,6 +85,7 @@ class Publisher:
         # Streams whose publication failed (a storage error): retried.
         self._retry: set[str] = set()
         self._next_retry = 0.0
+        self._logged: str | None = None
 
     # -- transient subscribers ---------------------------------------------------
 
@@ -168,10 +169,17 @@ class Publisher:
         notification is never lost to a storage error."""
         try:
             self._publish(stream_uuid, after, last)
-        except Exception:
-            logger.warning("could not publish events of %r; will retry", stream_uuid, exc_info=True)
+        except Exception as error:
+            summary = f"{type(error).__name__}: {error}"
+            if summary != self._logged:  # once per change of error, not per retry
+                logger.warning(
+                    "could not publish events of %r; will retry", stream_uuid, exc_info=True
+                )
+                self._logged = summary
             self._retry.add(stream_uuid)
             self._targets.behind(stream_uuid)
+        else:
+            self._logged = None
 
     def _publish(self, stream_uuid: str, after: int | None, last: int | None) -> None:
         """Read the stream once past its published position and fan out.
