@@ -196,3 +196,18 @@ def test_bookkeeping_is_bounded_by_pending_events_not_by_filtered_ones():
     assert state.bookkeeping_size <= 101  # the selected events, not 100,000
     state.ack("a", 1)
     assert state.checkpoint == 1000
+
+
+def test_bookkeeping_is_bounded_while_an_old_event_stays_unacked():
+    state = make(buffer_size=1, max_size=1000)
+    state.add_subscriber("stuck")
+    state.add_subscriber("busy", buffer_size=1000)
+    for start in range(1, 50_001, 1000):
+        state.receive_read([event(n) for n in range(start, start + 1000)], 1000)
+        for batch in state.dispatch():
+            if batch.slot.key == "busy":
+                state.ack("busy", batch.events[-1].event_number)
+    assert state.checkpoint == 0  # event 1 is in flight to "stuck", unacked
+    assert state.bookkeeping_size <= 200  # not one entry per event acked since
+    state.ack("stuck", 1)
+    assert state.checkpoint == 50_000

@@ -493,6 +493,14 @@ class SubscriptionState:
             return
         self._done.add(number)
         self._acked_since_persist += 1
+        if len(self._done) > 64 and 2 * len(self._done) > len(self._pending):
+            # An old event stays pending (unacked) while later ones are done:
+            # drop the done ones from the heap, so it holds only events still
+            # queued or in flight (amortised: at most once per doubling).
+            done = self._done
+            self._pending = [n for n in self._pending if n not in done]
+            heapq.heapify(self._pending)
+            done.clear()
 
     # -- status ----------------------------------------------------------------------
 
