@@ -113,7 +113,7 @@ def memory_run(store: EventStore, total: int) -> dict[str, float]:
     elapsed = time.perf_counter() - started
     gc.collect()
     after = rss_mb()
-    entries, queued, last = bookkeeping(store, name)
+    entries, _queued, last = bookkeeping(store, name)
     runner: Any = store._runner
     checkpoint = runner._persistent[(ALL_STREAM, name)].state.checkpoint
     stuck.unsubscribe()
