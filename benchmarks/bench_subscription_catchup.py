@@ -106,7 +106,7 @@ def memory_run(store: EventStore, total: int) -> dict[str, float]:
         with contextlib.suppress(TimeoutError):
             busy.ack(busy.receive(timeout=0.2))
         peak = max(peak, rss_mb())
-        entries, queued, last = bookkeeping(store, name)
+        entries, _queued, last = bookkeeping(store, name)
         peak_entries = max(peak_entries, entries)
         if last >= total:
             break
