@@ -100,11 +100,18 @@ def read_row(backend: Backend, sub: Persistent) -> rows.SubscriptionRow:
 
 def write_checkpoint(backend: Backend, sub: Persistent, position: int, *, durable: bool) -> bool:
     """Write the checkpoint by id; False when the row is gone (deleted)."""
-    assert sub.subscription_id is not None
-    with connection(backend.engine, None, transaction=False) as conn:
-        return rows.store_checkpoint(
-            conn, backend.schema, sub.subscription_id, position, durable=durable
-        )
+    subscription_id = sub.subscription_id
+    assert subscription_id is not None
+    for attempt in (1, 2):
+        try:
+            with connection(backend.engine, None, transaction=False) as conn:
+                return rows.store_checkpoint(
+                    conn, backend.schema, subscription_id, position, durable=durable
+                )
+        except DBAPIError as error:  # a dead pooled connection: once more, on a new one
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def park(backend: Backend, sub: Persistent, requests: list[ParkRequest]) -> None:
