@@ -314,7 +314,18 @@ class SubscriptionState:
 
     def replay(self, events: list[RecordedEvent]) -> None:
         """Parked events to deliver again, in order, before anything queued."""
-        fresh = [e for e in events if e.event_number not in self.replays]
+        fresh: list[RecordedEvent] = []
+        for event in events:
+            if event.event_number in self.replays:
+                continue
+            if self.selector is not None:
+                try:
+                    if not self.selector(event):
+                        self.replays_acked.append(event.event_number)  # filtered: done
+                        continue
+                except Exception:
+                    continue  # still failing: it stays parked
+            fresh.append(event)
         for event in reversed(fresh):
             self.queue.appendleft(event)
             self.replays.add(event.event_number)
