@@ -35,6 +35,7 @@ from .storage.sql import Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
 from .subscriptions.options import FROM_CURRENT, persistent_options
+from .subscriptions.reading import Backend
 from .subscriptions.runner import Runner
 
 __all__ = ["EventStore"]
@@ -283,8 +284,33 @@ class EventStore(StorageCalls):
             if self._closed:
                 raise RuntimeError("the event store is closed")
             if self._runner is None:
-                self._runner = Runner(self)
+                self._runner = Runner(self._subscription_backend())
             return self._runner
+
+    def _subscription_backend(self) -> Backend:
+        """What the subscriptions need of the store, and nothing more."""
+        # LISTEN and the advisory locks need sessions of their own: on the
+        # session_mode_url when given (PgBouncer), else like the store's
+        # engine -- made by that engine itself when it is the caller's, so its
+        # connect_args or creator (SSL options, say) apply to them too.
+        creator: Callable[[], Any] | None = None
+        if self.session_mode_url is None and not self._owns_engine:
+            engine = self._engine
+
+            def creator() -> Any:
+                pooled = engine.raw_connection()
+                pooled.detach()  # from now on closing it closes the connection itself
+                return pooled.dbapi_connection
+
+        return Backend(
+            engine=self._engine,
+            schema=self.schema,
+            statements=self._sql,
+            serializer=self.serializer,
+            session_url=self.session_mode_url or self._engine.url,
+            session_creator=creator,
+            retry_interval=self.subscription_retry_interval,
+        )
 
     def subscribe(
         self,
@@ -333,6 +359,7 @@ class EventStore(StorageCalls):
         checkpoint_after: float | None = None,
         partition_by: Callable[[RecordedEvent], Any] | None = None,
         transient: bool = False,
+        max_retries: int | None = None,
     ) -> Subscription:
         """A persistent subscription: at-least-once delivery from the last
         acknowledged event, one instance across all processes.
@@ -362,6 +389,9 @@ class EventStore(StorageCalls):
                 partition go to one subscriber, in order.
             transient: Keep no checkpoint (delivery restarts from
                 ``start_from`` each time).
+            max_retries: After that many retries of an event that user code
+                (or the serializer) fails on, the event is parked and the
+                subscription carries on (None: retry without end).
 
         Returns:
             The :class:`Subscription`.
@@ -389,6 +419,7 @@ class EventStore(StorageCalls):
             checkpoint_after=checkpoint_after,
             partition_by=partition_by,
             transient=transient,
+            max_retries=max_retries,
         )
         if options.start_from == FROM_CURRENT:
             try:
@@ -444,7 +475,9 @@ class EventStore(StorageCalls):
     def delete_subscription(self, stream_uuid: str, subscription_name: str) -> None:
         """Stop any live subscriber here and delete the subscription's checkpoint.
 
-        Its parked events go with it. No error when it does not exist.
+        Its parked events go with it. No error when it does not exist. A
+        process elsewhere running it finds its row gone within a lock check
+        (half a second) and stops its subscribers too.
 
         Args:
             stream_uuid: The subscribed stream, or ``$all``.
