@@ -71,6 +71,9 @@ def test_a_handler_failing_past_max_retries_parks_and_carries_on(
     assert eventually(lambda: sorted(set(handler.handled)) == [1, 2, 4, 5, 6])
     assert eventually(lambda: parked_numbers(es, "h") == [3])
     assert eventually(lambda: checkpoint(admin_engine, es.schema, "h") == 6)
+    # The events after the parked one went through: no error is shown any more.
+    assert sub.last_error is None
+    assert sub.status == "subscribed"
     # Replay once fixed: the parked event is handled and unparked.
     handler.fixed.set()
     assert es.replay_parked("h") == 1

@@ -76,6 +76,8 @@ class Subscription:
         self._deliveries_lock = threading.Lock()
         self._last_error: BaseException | None = None
         self._handler_failing = False
+        # The handler's error on an event it parked: shown until the next success.
+        self._parked_error: BaseException | None = None
         # (epoch, event_number) taken back by the runner when an earlier event
         # of their partition key was parked: the worker skips them (handler mode).
         self._taken_back: set[tuple[int, int]] = set()
@@ -336,9 +338,12 @@ class Subscription:
                     return False
                 self._stopped.wait(backoff(attempts))
                 continue
-            if self._handler_failing:
+            if self._handler_failing or (
+                self._parked_error is not None and self._last_error is self._parked_error
+            ):
                 self._handler_failing = False
                 self._last_error = None
+            self._parked_error = None
             return True
         return None
 
@@ -384,6 +389,7 @@ class Subscription:
         behind = self._runner.park(self._key, self, epoch, number, reason)
         self._taken_back.update((epoch, n) for n in behind)
         self._handler_failing = False
+        self._parked_error = self._last_error
 
     def _join(self, timeout: float) -> None:
         if self._worker is not None and self._worker is not threading.current_thread():
