@@ -6,6 +6,7 @@ close, and one subscription failing for ever beside a healthy one."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -188,3 +189,58 @@ def test_mapper_returning_the_same_value_acks_only_the_batch_named(
         sub.ack(two)
         assert checkpoint(admin_engine, es.schema, name) == head + 4
         sub.unsubscribe()
+
+
+@pytest.mark.parametrize("where", ["selector", "mapper"])
+@pytest.mark.parametrize("buffer_size", [1, 10])
+def test_failing_selector_or_mapper_parks_then_carries_on_in_order(
+    make_store, admin_engine, where, buffer_size
+):
+    es = make_store()
+    append(es, "s", 5)
+
+    def failing(event: Any) -> Any:
+        if event.event_number == 2:
+            raise ValueError("two")
+        return True if where == "selector" else event
+
+    sub = es.subscribe_to_all_streams(
+        "uc", buffer_size=buffer_size, max_retries=1, **{where: failing}
+    )
+    assert sub.wait_subscribed(WAIT)
+    assert numbers(flatten(collect(sub, 4, ack=True))) == [1, 3, 4, 5]
+    assert eventually(lambda: parked_numbers(es, "uc") == [2])
+    assert eventually(lambda: checkpoint(admin_engine, es.schema, "uc") == 5)
+    assert sub.last_error is None and sub.status == "subscribed"
+
+
+def test_a_replayed_event_failing_again_keeps_the_later_replays_of_its_key_parked(
+    make_store, admin_engine
+):
+    es = make_store()
+    handled: list[int] = []
+
+    def handler(batch: list[Any]) -> None:
+        if any(e.event_number == 1 for e in batch):
+            raise ValueError("first")
+        handled.extend(e.event_number for e in batch)
+
+    for _ in range(3):
+        append(es, "x", 1, first=len(handled) + 1)
+    append(es, "y", 1)
+    sub = es.subscribe_to_all_streams(
+        "again",
+        handler=handler,
+        buffer_size=10,
+        partition_by=lambda e: e.stream_uuid,
+        max_retries=0,
+    )
+    assert sub.wait_subscribed(WAIT)
+    assert eventually(lambda: parked_numbers(es, "again") == [1, 2, 3])
+    assert eventually(lambda: handled == [4])
+    assert es.replay_parked("again") == 3
+    # 1 fails again: 2 and 3 (same key, same replay batch) must not overtake it.
+    time.sleep(1.0)
+    assert handled == [4]
+    assert parked_numbers(es, "again") == [1, 2, 3]
+    assert eventually(lambda: sub.status == "subscribed")
