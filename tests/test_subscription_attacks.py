@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from sqlalchemy_eventstore import ANY_VERSION, EventData
 
@@ -244,3 +245,36 @@ def test_a_replayed_event_failing_again_keeps_the_later_replays_of_its_key_parke
     assert handled == [4]
     assert parked_numbers(es, "again") == [1, 2, 3]
     assert eventually(lambda: sub.status == "subscribed")
+
+
+def test_a_terminated_lock_session_withdraws_queued_batches_and_ignores_old_acks(
+    make_store, driver, admin_engine
+):
+    es = make_store(driver=driver, subscription_retry_interval=0.2)
+    sub = es.subscribe_to_all_streams("lk", buffer_size=4, max_size=10)
+    assert sub.wait_subscribed(WAIT)
+    append(es, "s", 2)
+    first = sub.receive(WAIT)
+    append(es, "s", 2, first=3)  # a second batch waits in the mailbox, not received
+    time.sleep(0.3)
+    with admin_engine.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = :app"
+            ),
+            {"app": f"eventstore-locks-{es.schema}"},
+        ).scalar()
+    assert killed == 1
+    deadline = time.monotonic() + WAIT
+    while sub.status != "disconnected":  # brief: it retakes its free lock at once
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    sub.ack(first)  # from the lost lifetime: quiet, and it counts for nothing
+    assert sub.wait_subscribed(WAIT)
+    again = flatten(collect(sub, 4))
+    assert numbers(again) == [1, 2, 3, 4]  # the queued batch was withdrawn, all redelivered
+    sub.ack(first)  # still quiet after the re-lock, never matched against the new lifetime
+    assert (checkpoint(admin_engine, es.schema, "lk") or 0) == 0
+    sub.ack(again[-1])
+    assert eventually(lambda: checkpoint(admin_engine, es.schema, "lk") == 4)
