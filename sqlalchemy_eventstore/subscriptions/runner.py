@@ -264,18 +264,24 @@ class Runner(LockSupervision):
             if (due and now >= sub.next_checkpoint_write) or state.wants_read(now):
                 self._kick()
 
-    def park(self, key: Key, handle: Subscription, epoch: int, number: int, reason: str) -> None:
-        """A handler gave up on an in-flight event: park it (written next pass)."""
+    def park(
+        self, key: Key, handle: Subscription, epoch: int, number: int, reason: str
+    ) -> list[int]:
+        """A handler gave up on an in-flight event: park it (written next pass).
+
+        Returns the later in-flight events of its partition key, parked behind
+        it: the handler must skip them."""
 
         with self._mutex:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None or handle not in sub.handles:
-                return
+                return []
             if epoch != sub.epoch:
-                return
-            sub.state.park_in_flight(id(handle), number, reason)
+                return []
+            behind = sub.state.park_in_flight(id(handle), number, reason)
             self._dispatch(sub, time.monotonic())
             self._kick()
+            return behind
 
     def subscriber_died(self, key: Key, handle: Subscription) -> None:
         """A handler's worker thread died: remove the subscriber as if it left."""
