@@ -33,6 +33,7 @@ from .serializers import JsonbSerializer, JsonSerializer, Serializer
 from .storage import appender, reader, snapshots, streams
 from .storage.connection import ConnLike, connection
 from .storage.schema import create_schema
+from .storage.sequencer import Sequencer
 from .storage.sql import SORT_COLUMNS, Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
@@ -42,6 +43,9 @@ from .subscriptions.runner import Runner
 __all__ = ["EventStore"]
 
 T = TypeVar("T")
+
+#: The values of the ``global_order`` option.
+GLOBAL_ORDERS = ("lock", "sequencer")
 
 _instances: weakref.WeakSet[EventStore] = weakref.WeakSet()
 _instances_lock = threading.Lock()
@@ -81,6 +85,7 @@ class EventStore:
         session_mode_url: str | URL | None = None,
         subscription_retry_interval: float = 60.0,
         name: str | None = None,
+        global_order: str = "lock",
     ) -> None:
         if column_data_type not in ("bytea", "jsonb"):
             raise ValueError(
@@ -112,6 +117,8 @@ class EventStore:
             raise ValueError("subscription_retry_interval must be > 0")
         if name is not None and not isinstance(name, str):
             raise TypeError("name must be a str or None")
+        if global_order not in GLOBAL_ORDERS:
+            raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
 
         if isinstance(url_or_engine, Engine):
             self._engine = url_or_engine
@@ -147,7 +154,10 @@ class EventStore:
         self.session_mode_url = None if session_mode_url is None else _engine_url(session_mode_url)
         self.subscription_retry_interval = float(subscription_retry_interval)
         self.name = name
-        self._sql = Statements(schema, column_data_type)
+        self.global_order = global_order
+        self._sql = Statements(schema, column_data_type, global_order)
+        # global_order="sequencer": numbers committed appends into $all.
+        self._sequencer = Sequencer(self._engine, schema) if global_order == "sequencer" else None
         self._closed = False
         self._runner: Runner | None = None
         self._runner_lock = threading.Lock()
@@ -192,6 +202,8 @@ class EventStore:
             runner, self._runner = self._runner, None
         if runner is not None:
             runner.stop()
+        if self._sequencer is not None:
+            self._sequencer.close()
         if self._owns_engine:
             self._engine.dispose()
 
@@ -213,6 +225,18 @@ class EventStore:
         with connection(self._engine, conn, transaction=tx) as c:
             return work(c)
 
+    def advance_all_stream(self) -> int:
+        """Number committed appends still waiting into ``$all`` (sequencer mode).
+
+        Reads of ``$all`` call this first, so they see every event committed
+        before they started. Returns the new head of ``$all``, or -1 when
+        nothing waited (and always in lock mode, where nothing waits). Runs on
+        the store's own connection, never in a caller's transaction.
+        """
+        if self._sequencer is None:
+            return -1
+        return self._sequencer.advance()
+
     # -- writing -----------------------------------------------------------
 
     def append_to_stream(
@@ -230,6 +254,8 @@ class EventStore:
         if stream_uuid == ALL_STREAM:
             raise CannotAppendToAllStreamError("cannot append to the $all stream")
         self._run(conn, lambda c: appender.append(c, self._sql, stream_uuid, expected, prepared))
+        if self._sequencer is not None:
+            self._sequencer.appended(conn)
 
     def link_to_stream(
         self,
@@ -284,6 +310,8 @@ class EventStore:
         forward: bool,
         conn: ConnLike | None,
     ) -> list[RecordedEvent]:
+        if stream_uuid == ALL_STREAM:
+            self.advance_all_stream()
         return self._run(
             conn,
             lambda c: reader.read_events(
@@ -412,6 +440,8 @@ class EventStore:
     def stream_info(self, stream_uuid: str, *, conn: ConnLike | None = None) -> StreamInfo:
         """A stream's id, version, timestamps and status (``$all`` included)."""
         stream_uuid = check.check_stream_uuid(stream_uuid)
+        if stream_uuid == ALL_STREAM:
+            self.advance_all_stream()
         return self._run(conn, lambda c: reader.stream_info(c, self._sql, stream_uuid))
 
     def paginate_streams(

@@ -17,6 +17,8 @@ from ..models import metadata_for
 __all__ = [
     "SCHEMA_LOCK_KEY",
     "SCHEMA_VERSION",
+    "additions_ddl",
+    "additions_missing",
     "create_schema",
     "delete_function_ddl",
     "drop_schema_ddl",
@@ -46,6 +48,8 @@ SCHEMA_LOCK_KEY = 0x6576_7374  # "evst"
 
 _TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "schema_migrations")
 _FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
+_ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence()")
+_ADDITION_TABLES = ("unsequenced",)
 
 
 def quote_ident(name: str) -> str:
@@ -242,8 +246,10 @@ def drop_schema_ddl(schema: str) -> list[str]:
     """
     s = quote_ident(schema)
     statements = [
-        "DROP TABLE IF EXISTS " + ", ".join(f"{s}.{table}" for table in _TABLES),
-        "DROP FUNCTION IF EXISTS " + ", ".join(f"{s}.{fn}" for fn in _FUNCTIONS),
+        "DROP TABLE IF EXISTS "
+        + ", ".join(f"{s}.{table}" for table in (*_ADDITION_TABLES, *_TABLES)),
+        "DROP FUNCTION IF EXISTS "
+        + ", ".join(f"{s}.{fn}" for fn in (*_ADDITION_FUNCTIONS, *_FUNCTIONS)),
     ]
     if schema != "public":
         statements.append(
@@ -282,8 +288,35 @@ def create_schema(conn: Connection, schema: str, column_data_type: str) -> bool:
     EXISTS`` alone is not safe against a concurrent twin).
     """
     lock_schema_changes(conn)
-    if schema_exists(conn, schema):
-        return False
-    for statement in schema_ddl(schema, column_data_type):
-        conn.exec_driver_sql(statement)
-    return True
+    created = False
+    if not schema_exists(conn, schema):
+        for statement in schema_ddl(schema, column_data_type):
+            conn.exec_driver_sql(statement)
+        created = True
+    if additions_missing(conn, schema):
+        for statement in additions_ddl(schema):
+            conn.exec_driver_sql(statement)
+    return created
+
+
+def additions_ddl(schema: str) -> list[str]:
+    """Idempotent statements creating this package's own objects inside ``schema``.
+
+    Run after the reference's DDL on new and existing schemas. They add to the
+    reference's layout and change none of its tables; the one reference object
+    they touch is the ``event_notification`` trigger, re-created with a WHEN
+    clause that only this package's sequencer-mode appends ever make false.
+    """
+    from .sequencer_sql import sequencer_ddl
+
+    return sequencer_ddl(schema)
+
+
+def additions_missing(conn: Connection, schema: str) -> bool:
+    """Whether ``schema`` lacks this package's additions (checked by their table)."""
+    from .sequencer_sql import QUEUE_TABLE
+
+    found = conn.execute(
+        text("SELECT to_regclass(:name)"), {"name": f"{quote_ident(schema)}.{QUEUE_TABLE}"}
+    ).scalar()
+    return found is None

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import Engine
 
-from .._types import RecordedEvent
+from .._types import ALL_STREAM, RecordedEvent
 from ..errors import (
     AlreadySubscribedError,
     StreamDeletedError,
@@ -51,6 +51,11 @@ Key = tuple[str, str]
 # persistent subscriptions run: the longest a process keeps delivering after
 # its lock session died.
 LOCK_CHECK_INTERVAL = 0.5
+
+# How often a runner with $all subscribers numbers waiting appends itself
+# (global_order="sequencer"): the longest the events of a writer that died
+# between its commit and its numbering wait for a live subscriber.
+SEQUENCE_INTERVAL = 0.5
 
 
 @dataclass(eq=False)
@@ -121,6 +126,7 @@ class Runner:
         )
         self._stopping = False
         self._next_lock_check = 0.0
+        self._next_sequence = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"eventstore-runner-{store.schema}", daemon=True
         )
@@ -364,6 +370,9 @@ class Runner:
     def _tick(self) -> None:
         now = time.monotonic()
         self._publisher.retry_failed()
+        if now >= self._next_sequence and self._store.global_order == "sequencer":
+            self._next_sequence = now + SEQUENCE_INTERVAL
+            self._sequence_for_all_subscribers()
         if self._persistent and now >= self._next_lock_check:
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
@@ -380,6 +389,17 @@ class Runner:
                 and now - sub.last_ack_at >= after
             ):
                 self._write_checkpoint(sub)
+
+    def _sequence_for_all_subscribers(self) -> None:
+        """Number waiting appends when anyone here follows ``$all``: the
+        resulting ``$all`` notification then publishes them."""
+        if self.interested(ALL_STREAM) or ALL_STREAM in {
+            t.stream_uuid for t in self._publisher.transients()
+        }:
+            try:
+                self._store.advance_all_stream()
+            except Exception:
+                logger.warning("could not number waiting events into $all", exc_info=True)
 
     def _check_locks(self) -> None:
         """A lost lock session means every lock is gone: stop delivering until
