@@ -114,9 +114,17 @@ def driver(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store(make_store: Callable[..., EventStore], driver: str) -> EventStore:
-    """An initialised store on a fresh schema, once per driver."""
-    return make_store(driver=driver)
+def global_order() -> str:
+    """The ``store`` fixture's global_order: "lock", unless a contract module
+    runs both (``from .global_order import global_order``)."""
+    return "lock"
+
+
+@pytest.fixture
+def store(make_store: Callable[..., EventStore], driver: str, global_order: str) -> EventStore:
+    """An initialised store on a fresh schema, once per driver (and per global
+    order in the contract modules that ask for both)."""
+    return make_store(driver=driver, global_order=global_order)
 
 
 @pytest.fixture

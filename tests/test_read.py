@@ -15,6 +15,8 @@ from sqlalchemy import event
 from sqlalchemy_eventstore import ANY_VERSION, EventData, RecordedEvent
 from sqlalchemy_eventstore.errors import StreamDeletedError, StreamNotFoundError
 
+from .global_order import global_order  # noqa: F401  (both global orders)
+
 
 def make_events(count: int, first: int = 1) -> list[EventData]:
     return [
