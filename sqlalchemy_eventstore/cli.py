@@ -1,6 +1,6 @@
 """The ``eventstore`` console command: a thin argparse shell over :mod:`.commands`.
 
-Usage: ``eventstore {create,drop,init,migrate,migrations} [--url URL]
+Usage: ``eventstore {create,drop,init,migrate,migrations,check} [--url URL]
 [--schema NAME] [--quiet]``; ``--url`` defaults to ``$EVENTSTORE_URL``. Exit
 status 0 on success; on failure one line ``FAILED: <message>`` on stderr and a
 non-zero status (1, or 2 for a usage error), never a traceback.
@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("migrate", parents=[common], help="apply pending migrations")
     sub.add_parser("migrations", parents=[common], help="list migrations: applied or pending")
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="verify $all and the streams: no holes, every event linked once (exit 1 if not)",
+    )
+    check.add_argument(
+        "--allow-holes",
+        action="store_true",
+        help="accept holes in $all (left by hard deletes)",
+    )
     return parser
 
 
@@ -92,6 +102,8 @@ def _run(args: argparse.Namespace) -> None:
         commands.init(url, args.schema, args.quiet, column_data_type=args.column_data_type)
     elif args.command == "migrate":
         commands.migrate(url, args.schema, args.quiet)
+    elif args.command == "check":
+        commands.check(url, args.schema, args.quiet, allow_holes=args.allow_holes)
     else:
         commands.migrations(url, args.schema, args.quiet)
 
