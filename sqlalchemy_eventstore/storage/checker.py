@@ -95,7 +95,7 @@ def _number_waiting(conn: Connection, s: str, schema: str) -> int:
     if queue is None:
         return 0
     before = conn.exec_driver_sql(f"SELECT count(*) FROM {s}.{QUEUE_TABLE}").scalar_one()
-    conn.exec_driver_sql(f"SELECT {s}.eventstore_sequence()")
+    conn.exec_driver_sql(f"SELECT {s}.eventstore_sequence(true)")
     return int(before)
 
 

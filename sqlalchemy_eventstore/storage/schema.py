@@ -48,7 +48,7 @@ SCHEMA_LOCK_KEY = 0x6576_7374  # "evst"
 
 _TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "schema_migrations")
 _FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
-_ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence()")
+_ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence(boolean)")
 _ADDITION_TABLES = ("unsequenced",)
 
 

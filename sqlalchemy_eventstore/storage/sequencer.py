@@ -5,18 +5,20 @@ links every committed waiting append into ``$all``, one caller per schema at a
 time. This module decides *when* it is called, so that no deployment leaves a
 committed event out of ``$all`` for long:
 
-* an append without ``conn=`` calls it right after its own commit, so when
-  ``append_to_stream`` returns its events are in ``$all`` (as in lock mode);
-* an append with ``conn=`` calls it once the caller's transaction commits: a
-  ``Session`` through its ``after_commit`` event (synchronously, before
-  ``commit()`` returns); a ``Connection`` through its ``commit`` event, which
-  fires *before* the commit, so a worker thread waits for the transaction's
-  outcome (``pg_xact_status``) and then sequences;
-* whoever needs ``$all`` calls it first: reads of ``$all``, ``stream_info("$all")``,
-  subscriptions to ``$all`` (their reads, plus a periodic call from the
-  subscription runner) and ``eventstore check``. A writer that exits, or is
-  killed, between its commit and its call loses nothing: its events wait in
-  the queue for the next of these.
+* an append without ``conn=`` calls it right after its own commit;
+* an append with ``conn=`` once the caller's transaction commits: a
+  ``Session`` through its ``after_commit`` event; a ``Connection`` through its
+  ``commit`` event, which fires *before* the commit, so a worker thread waits
+  for the transaction's outcome (``pg_xact_status``) and then calls it;
+* writers only *try* the sequencer's lock (:meth:`Sequencer.help`): when it
+  is busy, its holder numbers their appends in its next round, so writers
+  never queue behind one another;
+* whoever needs ``$all`` complete waits for it (:meth:`Sequencer.advance`):
+  reads of ``$all``, ``stream_info("$all")``, subscriptions to ``$all`` (their
+  reads, plus a periodic call from the subscription runner) and
+  ``eventstore check``. A writer that exits, or is killed, between its
+  commit and its call loses nothing: its events wait in the queue for the
+  next of these.
 
 Calls are cheap when nothing waits (an index probe, no lock, no write).
 """
@@ -35,12 +37,14 @@ from sqlalchemy.orm import Session
 
 from .connection import ConnLike, connection
 from .schema import quote_ident
+from .sequencer_sql import BUSY, EMPTY
 
 __all__ = ["Sequencer"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.sequencer")
 
 _PENDING = "sqlalchemy_eventstore.sequencer_pending"  # key in Session.info
+HELP_ROUNDS = 16  # sequencer rounds one appender runs at most for others
 _FIRST_POLL = 0.0005  # seconds between pg_xact_status checks, doubled up to _MAX_POLL
 _MAX_POLL = 0.05
 
@@ -51,7 +55,7 @@ class Sequencer:
     def __init__(self, engine: Engine, schema: str) -> None:
         self._engine = engine
         s = quote_ident(schema)
-        self._sequence = f"SELECT {s}.eventstore_sequence()"
+        self._sequence = f"SELECT {s}.eventstore_sequence(%(wait)s)"
         self._work: queue.Queue[int | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -59,22 +63,40 @@ class Sequencer:
 
     # -- running the sequencer -------------------------------------------------------
 
-    def advance(self, conn: Connection | None = None) -> int:
-        """Number every committed waiting append into ``$all``; the new head, or
-        -1 when nothing waited. Runs on ``conn`` when given (a connection in
-        autocommit or the caller's transaction), else on a pooled connection
-        in autocommit."""
-        if conn is not None:
-            return int(conn.exec_driver_sql(self._sequence).scalar_one())
-        with connection(self._engine, None, transaction=False) as own:
-            return int(own.exec_driver_sql(self._sequence).scalar_one())
+    def advance(self) -> int:
+        """Number every append committed before this call into ``$all``.
 
-    def advance_quietly(self) -> None:
-        """:meth:`advance` for callers whose own work already succeeded (a
-        commit hook): a failure is logged, and the events wait for the next
+        For readers: waits for a sequencer run in progress (it may have
+        started before the latest commits). Returns the new head of ``$all``,
+        or a negative number when nothing waited.
+        """
+        with connection(self._engine, None, transaction=False) as own:
+            return int(own.exec_driver_sql(self._sequence, {"wait": True}).scalar_one())
+
+    def help(self) -> None:
+        """After a commit: number what waits unless another sequencer is at it.
+
+        Never waits for the sequencer's lock: appenders that all waited would
+        form a convoy, each numbering the one or two appends committed since
+        the previous run (one fsync each). Instead whoever holds the lock
+        probes again after releasing it, so an append committed while it held
+        the lock -- whose own try failed -- is numbered by its next round. A
+        holder gives up after ``HELP_ROUNDS`` rounds (under endless load):
+        the appends still waiting then go with the next append, reader of
+        ``$all`` or subscription runner.
+        """
+        with connection(self._engine, None, transaction=False) as own:
+            for _ in range(HELP_ROUNDS):
+                result = int(own.exec_driver_sql(self._sequence, {"wait": False}).scalar_one())
+                if result in (EMPTY, BUSY):
+                    return
+
+    def help_quietly(self) -> None:
+        """:meth:`help` for callers whose own work already succeeded (an append,
+        a commit hook): a failure is logged, and the events wait for the next
         reader of ``$all``."""
         try:
-            self.advance()
+            self.help()
         except Exception:
             logger.warning("could not number waiting events into $all", exc_info=True)
 
@@ -83,7 +105,7 @@ class Sequencer:
     def appended(self, conn: ConnLike | None) -> None:
         """An append was written on ``conn``: sequence once it is committed."""
         if conn is None:
-            self.advance_quietly()
+            self.help_quietly()
         elif isinstance(conn, Session):
             self._watch_session(conn)
         elif isinstance(conn, Connection):
@@ -126,7 +148,7 @@ class Sequencer:
                 return
             try:
                 if self._wait_committed(xid):
-                    self.advance()
+                    self.help()
             except Exception:
                 logger.warning("could not number waiting events into $all", exc_info=True)
 
@@ -159,7 +181,7 @@ class Sequencer:
 
 def _session_committed(session: Session) -> None:
     for sequencer in session.info.pop(_PENDING, set()):
-        sequencer.advance_quietly()
+        sequencer.help_quietly()
 
 
 def _session_rolled_back(session: Session, previous: Any) -> None:

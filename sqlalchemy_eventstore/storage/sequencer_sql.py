@@ -32,12 +32,20 @@ from __future__ import annotations
 from .schema import quote_ident
 
 __all__ = [
+    "BUSY",
+    "EMPTIED",
+    "EMPTY",
     "QUEUE_TABLE",
     "sequencer_ddl",
 ]
 
 #: The queue of appends waiting to be numbered into ``$all``.
 QUEUE_TABLE = "unsequenced"
+
+# What eventstore_sequence() returns besides the new head of $all (>= 0):
+EMPTY = -1  # nothing committed waited; no lock taken
+BUSY = -2  # (wait false) another sequencer holds the lock
+EMPTIED = -3  # the lock was taken, and the queue found empty under it
 
 
 def _literal(text: str) -> str:
@@ -155,7 +163,7 @@ EXECUTE PROCEDURE {s}.notify_events();
 
 def _sequence_function(s: str) -> str:
     return f"""
-CREATE OR REPLACE FUNCTION {s}.eventstore_sequence()
+CREATE OR REPLACE FUNCTION {s}.eventstore_sequence(wait boolean DEFAULT true)
   RETURNS bigint AS $$
 DECLARE
   head bigint;
@@ -165,23 +173,29 @@ BEGIN
   -- transaction). The common case costs one index probe and no lock.
   PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
   IF NOT FOUND THEN
-    RETURN -1;
+    RETURN {EMPTY};
   END IF;
   -- One sequencer per schema at a time across every process: the key is the
-  -- queue table's oid (unique per database). Transaction scope, so it goes
-  -- with this call's transaction; a second caller waits here, then usually
-  -- finds the queue emptied by the first and returns at once.
-  PERFORM pg_advisory_xact_lock(
-    CAST(CAST(CAST({_literal(s + "." + QUEUE_TABLE)} AS regclass) AS oid) AS int), 0);
+  -- queue table's oid (unique per database), held for this call's
+  -- transaction only, so no session needs to outlive the call. A reader
+  -- waits for it (it must see what committed before it); an appender only
+  -- tries (BUSY): the holder probes again after its release (see sequencer.py).
+  IF wait THEN
+    PERFORM pg_advisory_xact_lock(
+      CAST(CAST(CAST({_literal(s + "." + QUEUE_TABLE)} AS regclass) AS oid) AS int), 0);
+  ELSIF NOT pg_try_advisory_xact_lock(
+      CAST(CAST(CAST({_literal(s + "." + QUEUE_TABLE)} AS regclass) AS oid) AS int), 0) THEN
+    RETURN {BUSY};
+  END IF;
   PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
   IF NOT FOUND THEN
-    RETURN -1;
+    RETURN {EMPTIED};
   END IF;
   -- Touching the $all row fires eventstore_link_waiting() under its lock.
   UPDATE {s}.streams SET stream_version = stream_version
   WHERE stream_id = 0
   RETURNING stream_version INTO head;
-  RETURN coalesce(head, -1);
+  RETURN coalesce(head, {EMPTIED});
 END;
 $$ LANGUAGE plpgsql VOLATILE;
 """
