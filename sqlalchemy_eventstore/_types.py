@@ -17,6 +17,7 @@ __all__ = [
     "EventData",
     "ExpectedVersion",
     "Page",
+    "ParkedEvent",
     "RecordedEvent",
     "SnapshotData",
     "StreamInfo",
@@ -108,6 +109,24 @@ class StreamInfo:
     status: str
 
 
+@dataclass(frozen=True)
+class ParkedEvent:
+    """An event a persistent subscription parked after its user code kept failing.
+
+    ``event.event_number`` is the position in the subscription's stream
+    (``stream_uuid``, ``$all`` for an all-streams subscription); ``reason``
+    names the exception's class and message; ``parked_at`` is timezone-aware.
+    An event the serializer could not read holds its stored bytes (or jsonb
+    text) as ``data``/``metadata``.
+    """
+
+    event: RecordedEvent
+    subscription_name: str
+    stream_uuid: str
+    reason: str
+    parked_at: datetime
+
+
 T = TypeVar("T")
 
 
@@ -122,5 +141,5 @@ class Page(Generic[T]):
     total_pages: int = 0
 
 
-for _cls in (EventData, RecordedEvent, SnapshotData, StreamInfo, Page):
+for _cls in (EventData, RecordedEvent, SnapshotData, StreamInfo, Page, ParkedEvent):
     _cls.__module__ = "sqlalchemy_eventstore"

@@ -19,6 +19,7 @@ from .serializers import Serializer, type_name
 
 __all__ = [
     "check_count",
+    "check_event_numbers",
     "check_expected_version",
     "check_int",
     "check_stream_uuid",
@@ -163,3 +164,17 @@ def event_ids_to_link(events_or_event_ids: Any) -> list[str]:
         assert checked is not None
         ids.append(checked)
     return ids
+
+
+def check_event_numbers(value: Any, name: str = "event_numbers") -> list[int] | None:
+    """None (meaning all), or a list/tuple of event numbers, each an int >= 1."""
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"{name} must be None or a list of ints, got {type(value).__name__}")
+    for number in value:
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise TypeError(f"{name} must hold ints, got {type(number).__name__}")
+        if number < 1:
+            raise ValueError(f"{name} must hold event numbers >= 1, got {number}")
+    return list(value)

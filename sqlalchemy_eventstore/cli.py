@@ -1,7 +1,9 @@
 """The ``eventstore`` console command: a thin argparse shell over :mod:`.commands`.
 
 Usage: ``eventstore {create,drop,init,migrate,migrations,check} [--url URL]
-[--schema NAME] [--quiet]``; ``--url`` defaults to ``$EVENTSTORE_URL``. Exit
+[--schema NAME] [--quiet]``, and ``eventstore parked {list,replay,discard} NAME
+[--stream S] [--event N ...] [--json]`` with the same options; ``--url``
+defaults to ``$EVENTSTORE_URL``. Exit
 status 0 on success; on failure one line ``FAILED: <message>`` on stderr and a
 non-zero status (1, or 2 for a usage error), never a traceback.
 """
@@ -12,7 +14,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import commands
 
@@ -35,7 +37,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="eventstore",
-        description="Create, initialise, migrate and drop a sqlalchemy_eventstore database.",
+        description="Create, initialise, migrate and drop a sqlalchemy_eventstore database; "
+        "list, replay and discard parked events.",
     )
     common = _Parser(add_help=False)
     common.add_argument(
@@ -89,7 +92,54 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept holes in $all (left by hard deletes)",
     )
+    _add_parked(sub, common)
     return parser
+
+
+def _add_parked(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``parked {list,replay,discard} NAME [--stream S]``: a subscription's parked events."""
+    target = _Parser(add_help=False)
+    target.add_argument("name", metavar="NAME", help="the subscription's name")
+    target.add_argument(
+        "--stream",
+        default="$all",
+        help="the subscription's stream (default: $all, an all-streams subscription)",
+    )
+    events = _Parser(add_help=False)
+    events.add_argument(
+        "--event",
+        dest="events",
+        metavar="N",
+        type=int,
+        nargs="+",
+        action="extend",
+        default=None,
+        help="only these event numbers (positions in the subscription's stream; repeatable)",
+    )
+    parked = sub.add_parser("parked", help="list, replay or discard a subscription's parked events")
+    actions = parked.add_subparsers(dest="parked_command", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    listing = actions.add_parser(
+        "list", parents=[common, target], help="list the parked events, in event order"
+    )
+    listing.add_argument("--json", action="store_true", help="one JSON object per line")
+    actions.add_parser(
+        "replay",
+        parents=[common, target, events],
+        help="deliver parked events to the subscription again, in order",
+    )
+    actions.add_parser(
+        "discard", parents=[common, target, events], help="remove parked events undelivered"
+    )
+
+
+def _run_parked(url: str, args: argparse.Namespace) -> None:
+    options: dict[str, Any] = {"stream_uuid": args.stream}
+    if args.parked_command == "list":
+        commands.parked_list(url, args.name, args.schema, args.quiet, as_json=args.json, **options)
+        return
+    change = commands.parked_replay if args.parked_command == "replay" else commands.parked_discard
+    change(url, args.name, args.schema, args.quiet, event_numbers=args.events, **options)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -104,6 +154,8 @@ def _run(args: argparse.Namespace) -> None:
         commands.migrate(url, args.schema, args.quiet)
     elif args.command == "check":
         commands.check(url, args.schema, args.quiet, allow_holes=args.allow_holes)
+    elif args.command == "parked":
+        _run_parked(url, args)
     else:
         commands.migrations(url, args.schema, args.quiet)
 

@@ -1,5 +1,8 @@
 """The reference's mix tasks as plain functions: create, drop, init, migrate, migrations.
 
+Also the operators' tools beyond the reference: ``parked_list``,
+``parked_replay`` and ``parked_discard`` (a subscription's parked events).
+
 Each takes the database URL and the event store's schema, prints what it did
 (unless ``quiet``) and raises :class:`CommandError` -- one line, password
 hidden -- for every failure: a bad URL, an unreachable server, a missing
@@ -13,8 +16,10 @@ succeeds.
 
 from __future__ import annotations
 
+import base64
+import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
@@ -23,10 +28,19 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import NullPool
 
+from . import _validation
+from ._types import ALL_STREAM, ParkedEvent
 from .errors import EventStoreError
-from .storage import upgrades
+from .serializers import JsonbSerializer, JsonSerializer
+from .storage import parked, upgrades
 from .storage.checker import CheckReport, check_schema
-from .storage.schema import SCHEMA_LOCK_KEY, quote_ident
+from .storage.schema import (
+    ADDITIONS_NAME,
+    SCHEMA_LOCK_KEY,
+    add_additions,
+    additions_missing,
+    quote_ident,
+)
 from .store import EventStore, _engine_url
 
 __all__ = [
@@ -39,6 +53,9 @@ __all__ = [
     "init",
     "migrate",
     "migrations",
+    "parked_discard",
+    "parked_list",
+    "parked_replay",
 ]
 
 _DUPLICATE_DATABASE = "42P04"
@@ -54,9 +71,10 @@ class CommandError(EventStoreError):
 
 
 class MigrationStatus(NamedTuple):
-    """One migration of the reference's numbering and whether it is applied."""
+    """One migration and whether it is applied: a step of the reference's
+    numbering ("1.3.2"), or this package's additions ("additions 1")."""
 
-    version: str  # "1.3.2"
+    version: str  # "1.3.2" or "additions 1"
     status: str  # "applied" or "pending"
 
 
@@ -300,9 +318,11 @@ def init(
 def migrate(url: str | URL, schema: str = "public", quiet: bool = False) -> list[str]:
     """Apply the pending migrations of an initialised event store; their versions.
 
+    The reference's steps first, each committing on its own with its
+    ``schema_migrations`` row; then this package's additions when missing
+    (``"additions 1"``: they record no row, their tables say they are there).
     Safe to run again (nothing pending: nothing done) and concurrently: the
     runs queue on an advisory lock and each later one finds nothing to do.
-    Each migration commits on its own, with its ``schema_migrations`` row.
     """
     given, url_ = _parse_url(url)
     _check_schema(schema)
@@ -333,6 +353,11 @@ def migrate(url: str | URL, schema: str = "public", quiet: bool = False) -> list
             with conn.begin():
                 upgrades.apply(conn, schema, migration)
             applied.append(migration.name)
+        with conn.begin():
+            if additions_missing(conn, schema):
+                _say(quiet, f"Running migration {ADDITIONS_NAME}...")
+                add_additions(conn, schema)
+                applied.append(ADDITIONS_NAME)
     if applied:
         _say(quiet, "The EventStore database has been migrated.")
     else:
@@ -345,8 +370,10 @@ def migrations(
 ) -> list[MigrationStatus]:
     """Each known migration, oldest first, as applied or pending.
 
-    A migration counts as applied when its version is at most the latest one
-    recorded: a schema created at the current layout records only that.
+    A migration of the reference counts as applied when its version is at most
+    the latest one recorded: a schema created at the current layout records
+    only that. This package's additions come last (``"additions 1"``), applied
+    when their tables exist.
     """
     given, url_ = _parse_url(url)
     _check_schema(schema)
@@ -355,6 +382,7 @@ def migrations(
         _connection(url_) as conn,
     ):
         recorded = upgrades.recorded_versions(conn, schema)
+        missing = additions_missing(conn, schema) if recorded is not None else []
     if recorded is None:
         raise _not_initialised(schema, given.database)
     latest = max(recorded, default=None)
@@ -366,10 +394,11 @@ def migrations(
         )
         for version in versions
     ]
+    statuses.append(MigrationStatus(ADDITIONS_NAME, "pending" if missing else "applied"))
     _say(quiet, f"EventStore: {_show(given)} schema {schema}\n")
-    _say(quiet, "  migration   state\n  ---------   -------")
+    _say(quiet, "  migration     state\n  -----------   -------")
     for status in statuses:
-        _say(quiet, f"  {status.version:<10}  {status.status}")
+        _say(quiet, f"  {status.version:<12}  {status.status}")
     return statuses
 
 
@@ -401,3 +430,206 @@ def check(
     if problems:
         raise CommandError(f"check found {len(problems)} kinds of violation in schema {schema!r}")
     return report
+
+
+# -- parked events -----------------------------------------------------------------
+
+
+def _parked_target(
+    conn: Connection, given: URL, schema: str, subscription_name: str, stream_uuid: str
+) -> tuple[str, int]:
+    """(the data column type, the subscription id), or a CommandError saying what is missing."""
+    column_type = conn.execute(
+        text(
+            "SELECT data_type FROM information_schema.columns WHERE table_schema = :schema "
+            "AND table_name = 'events' AND column_name = 'data'"
+        ),
+        {"schema": schema},
+    ).scalar()
+    if column_type is None:
+        raise _not_initialised(schema, given.database)
+    if additions_missing(conn, schema):
+        raise CommandError(
+            f'schema "{schema}" has no parked_events table: run `eventstore migrate` first'
+        )
+    subscription_id = conn.execute(
+        text(
+            f"SELECT subscription_id FROM {quote_ident(schema)}.subscriptions "
+            "WHERE stream_uuid = :stream AND subscription_name = :name"
+        ),
+        {"stream": stream_uuid, "name": subscription_name},
+    ).scalar()
+    if subscription_id is None:
+        raise CommandError(
+            f'schema "{schema}" has no subscription "{subscription_name}" to {stream_uuid}'
+        )
+    return str(column_type), int(subscription_id)
+
+
+def _check_parked_args(
+    subscription_name: str, stream_uuid: str, event_numbers: Sequence[int] | None = None
+) -> list[int] | None:
+    try:
+        _validation.check_stream_uuid(subscription_name, "subscription name")
+        _validation.check_stream_uuid(stream_uuid, "stream")
+        if event_numbers is not None:
+            event_numbers = list(event_numbers)
+        return _validation.check_event_numbers(event_numbers, "event numbers")
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
+
+
+def _json_payload(value: Any) -> tuple[Any, str]:
+    """A payload as JSON can hold it, and its format: json, text or base64."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return value, "json"
+    raw = bytes(value)
+    try:
+        return raw.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        return base64.b64encode(raw).decode("ascii"), "base64"
+
+
+def _parked_json(entry: ParkedEvent, replay_requested: bool) -> str:
+    event = entry.event
+    data, data_format = _json_payload(event.data)
+    metadata, metadata_format = _json_payload(event.metadata)
+    return json.dumps(
+        {
+            "subscription_name": entry.subscription_name,
+            "subscription_stream": entry.stream_uuid,
+            "event_number": event.event_number,
+            "event_id": event.event_id,
+            "stream_uuid": event.stream_uuid,
+            "stream_version": event.stream_version,
+            "event_type": event.event_type,
+            "data": data,
+            "data_format": data_format,
+            "metadata": metadata,
+            "metadata_format": metadata_format,
+            "causation_id": event.causation_id,
+            "correlation_id": event.correlation_id,
+            "created_at": event.created_at.isoformat(),
+            "reason": entry.reason,
+            "parked_at": entry.parked_at.isoformat(),
+            "replay_requested": replay_requested,
+        },
+        default=str,
+    )
+
+
+def parked_list(
+    url: str | URL,
+    subscription_name: str,
+    schema: str = "public",
+    quiet: bool = False,
+    *,
+    stream_uuid: str = ALL_STREAM,
+    as_json: bool = False,
+) -> list[ParkedEvent]:
+    """The parked events of a subscription, in event order; printed unless ``quiet``.
+
+    One line per event: its number in the subscribed stream, type, original
+    stream and version, when it was parked and why (``--json``: one JSON object
+    per line, payloads the serializer could not read given as text or base64).
+    An unknown subscription is a failure here, so that a mistyped name shows.
+    """
+    given, url_ = _parse_url(url)
+    _check_schema(schema)
+    _check_parked_args(subscription_name, stream_uuid)
+    with (
+        _failures(f'cannot list the parked events of "{subscription_name}"', given),
+        _connection(url_) as conn,
+    ):
+        column_type, subscription_id = _parked_target(
+            conn, given, schema, subscription_name, stream_uuid
+        )
+        serializer = JsonbSerializer() if column_type == "jsonb" else JsonSerializer()
+        found = parked.list_parked(
+            conn, schema, column_type, serializer, stream_uuid, subscription_name
+        )
+        requested = {
+            ref.event_number for ref in parked.replay_requested(conn, schema, subscription_id)
+        }
+    if as_json:
+        for entry in found:
+            _say(quiet, _parked_json(entry, entry.event.event_number in requested))
+        return found
+    _say(
+        quiet,
+        f'Subscription "{subscription_name}" to {stream_uuid} (schema "{schema}"): '
+        f"{len(found)} parked event{'' if len(found) == 1 else 's'}",
+    )
+    for entry in found:
+        event = entry.event
+        mark = "  [replay requested]" if event.event_number in requested else ""
+        _say(
+            quiet,
+            f"  {event.event_number:>8}  {event.event_type}  "
+            f"{event.stream_uuid}@{event.stream_version}  "
+            f"{entry.parked_at.isoformat(timespec='seconds')}  "
+            f"{' '.join(entry.reason.split())}{mark}",
+        )
+    return found
+
+
+def _parked_change(
+    action: str,
+    url: str | URL,
+    subscription_name: str,
+    schema: str,
+    stream_uuid: str,
+    event_numbers: Sequence[int] | None,
+) -> int:
+    given, url_ = _parse_url(url)
+    _check_schema(schema)
+    numbers = _check_parked_args(subscription_name, stream_uuid, event_numbers)
+    change = parked.request_replay if action == "replay" else parked.discard
+    with (
+        _failures(f'cannot {action} the parked events of "{subscription_name}"', given),
+        _connection(url_) as conn,
+        conn.begin(),
+    ):
+        _parked_target(conn, given, schema, subscription_name, stream_uuid)
+        return change(conn, schema, stream_uuid, subscription_name, numbers)
+
+
+def parked_replay(
+    url: str | URL,
+    subscription_name: str,
+    schema: str = "public",
+    quiet: bool = False,
+    *,
+    stream_uuid: str = ALL_STREAM,
+    event_numbers: Sequence[int] | None = None,
+) -> int:
+    """Queue a subscription's parked events (all, or those numbered) for redelivery.
+
+    The process running the subscription delivers them in order (at once when
+    it is live, else when it next starts). Returns how many were queued.
+    """
+    count = _parked_change("replay", url, subscription_name, schema, stream_uuid, event_numbers)
+    _say(
+        quiet,
+        f'{count} parked event{"" if count == 1 else "s"} of "{subscription_name}" '
+        "queued for replay.",
+    )
+    return count
+
+
+def parked_discard(
+    url: str | URL,
+    subscription_name: str,
+    schema: str = "public",
+    quiet: bool = False,
+    *,
+    stream_uuid: str = ALL_STREAM,
+    event_numbers: Sequence[int] | None = None,
+) -> int:
+    """Remove a subscription's parked events (all, or those numbered) undelivered; how many."""
+    count = _parked_change("discard", url, subscription_name, schema, stream_uuid, event_numbers)
+    _say(
+        quiet,
+        f'{count} parked event{"" if count == 1 else "s"} of "{subscription_name}" discarded.',
+    )
+    return count

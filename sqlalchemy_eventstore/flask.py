@@ -231,6 +231,9 @@ class FlaskEventStore:
     unsubscribe_from_all_streams = _delegate(EventStore.unsubscribe_from_all_streams)
     delete_subscription = _delegate(EventStore.delete_subscription)
     delete_all_streams_subscription = _delegate(EventStore.delete_all_streams_subscription)
+    parked_events = _delegate(EventStore.parked_events)
+    replay_parked = _delegate(EventStore.replay_parked)
+    discard_parked = _delegate(EventStore.discard_parked)
 
     def subscribe_to_all_streams(self, subscription_name: str, **options: Any) -> Subscription:
         """:meth:`EventStore.subscribe_to_all_streams` on the current app's store."""

@@ -14,6 +14,10 @@ number of stores side by side. Query them the same way::
 ``data`` and ``metadata`` columns are ``bytea`` here; a store created with
 ``column_data_type="jsonb"`` has ``jsonb`` columns instead
 (:func:`sqlalchemy_eventstore.models.metadata_for` builds that variant).
+
+Beyond the reference's tables, :data:`ADDITION_TABLES` names this package's own
+additions (``parked_events``, ``unsequenced``): the reference never reads them, and they are
+created apart from its layout (``storage.schema.additions_ddl``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -39,13 +44,16 @@ from sqlalchemy.dialects.postgresql import BYTEA, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "ADDITION_TABLES",
     "Base",
     "Event",
+    "ParkedEventRow",
     "SchemaMigration",
     "Snapshot",
     "Stream",
     "StreamEvent",
     "Subscription",
+    "UnsequencedRow",
     "metadata",
     "metadata_for",
 ]
@@ -159,6 +167,56 @@ class SchemaMigration(Base):
     migrated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), nullable=False, server_default=func.now()
     )
+
+
+class ParkedEventRow(Base):
+    """An event a persistent subscription parked (dead letter); not the reference's.
+
+    ``event_number`` is the event's position in the subscribed stream (the
+    global position for ``$all``). Rows go with their subscription (ON DELETE
+    CASCADE), so the reference's own subscription deletion still works.
+    ``event_id`` has no foreign key to ``events``: a hard delete of the event's
+    stream must not be refused because the event was parked.
+    """
+
+    __tablename__ = "parked_events"
+    __table_args__ = (PrimaryKeyConstraint("subscription_id", "event_number"),)
+
+    subscription_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("subscriptions.subscription_id", ondelete="CASCADE")
+    )
+    event_number: Mapped[int] = mapped_column(BigInteger)
+    event_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    partition_key: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    parked_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), nullable=False, server_default=func.now()
+    )
+    replay_requested: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, server_default=text("false")
+    )
+
+
+class UnsequencedRow(Base):
+    """An append waiting to be numbered into ``$all`` (``global_order="sequencer"``);
+    not the reference's.
+
+    One row per append: its stream and the versions it wrote. The sequencer
+    (``storage.sequencer_sql``) links the events into ``$all`` in ``seq``
+    order and deletes the row in the same transaction.
+    """
+
+    __tablename__ = "unsequenced"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stream_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    first_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+#: This package's own tables, beside the reference's (created by
+#: ``storage.schema.additions_ddl``, never by the reference's layout).
+ADDITION_TABLES: frozenset[str] = frozenset({"parked_events", "unsequenced"})
 
 
 def metadata_for(column_data_type: str, schema: str | None = None) -> MetaData:

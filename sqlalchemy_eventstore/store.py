@@ -18,6 +18,7 @@ from ._types import (
     ORIGIN,
     STREAM_EXISTS,
     Page,
+    ParkedEvent,
     RecordedEvent,
     SnapshotData,
     StreamInfo,
@@ -30,7 +31,7 @@ from .errors import (
     StreamNotFoundError,
 )
 from .serializers import JsonbSerializer, JsonSerializer, Serializer
-from .storage import appender, reader, snapshots, streams
+from .storage import appender, parked, reader, snapshots, streams
 from .storage.connection import ConnLike, connection
 from .storage.schema import create_schema
 from .storage.sequencer import Sequencer
@@ -591,3 +592,66 @@ class EventStore:
 
     def delete_all_streams_subscription(self, subscription_name: str) -> None:
         self.delete_subscription(ALL_STREAM, subscription_name)
+
+    # -- parked events -------------------------------------------------------------
+    # Thin: validate, then one storage call. An unknown subscription has no
+    # parked events: [] and 0, not an error (as unsubscribing one is no error).
+
+    def parked_events(
+        self,
+        subscription_name: str,
+        stream_uuid: str = ALL_STREAM,
+        *,
+        conn: ConnLike | None = None,
+    ) -> list[ParkedEvent]:
+        """The subscription's parked events, in event order ([] for an unknown one)."""
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        return self._run(
+            conn,
+            lambda c: parked.list_parked(
+                c, self.schema, self.column_data_type, self.serializer, stream_uuid, name
+            ),
+        )
+
+    def replay_parked(
+        self,
+        subscription_name: str,
+        stream_uuid: str = ALL_STREAM,
+        event_numbers: list[int] | None = None,
+        *,
+        conn: ConnLike | None = None,
+    ) -> int:
+        """Queue parked events (all, or those numbered) for redelivery, in order.
+
+        Whichever process holds the subscription delivers them -- at once when
+        it is live (it is notified), else when it next starts -- and removes
+        each once acked. Returns how many were queued.
+        """
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        numbers = check.check_event_numbers(event_numbers)
+        return self._run(
+            conn,
+            lambda c: parked.request_replay(c, self.schema, stream_uuid, name, numbers),
+            tx=True,
+        )
+
+    def discard_parked(
+        self,
+        subscription_name: str,
+        stream_uuid: str = ALL_STREAM,
+        event_numbers: list[int] | None = None,
+        *,
+        conn: ConnLike | None = None,
+    ) -> int:
+        """Remove parked events (all, or those numbered) without delivering them;
+        how many were removed."""
+        name = check.check_stream_uuid(subscription_name, "subscription_name")
+        stream_uuid = check.check_stream_uuid(stream_uuid)
+        numbers = check.check_event_numbers(event_numbers)
+        return self._run(
+            conn,
+            lambda c: parked.discard(c, self.schema, stream_uuid, name, numbers),
+            tx=True,
+        )

@@ -6,10 +6,12 @@ rules -- from information_schema and pg_catalog, with the schema's name taken
 out, so two schemas built by different paths compare equal exactly when they
 are the same.
 
-``make_reference_layout`` turns a freshly initialised schema into the layout the
-Elixir library had at an older schema version (v0.14.0: EventStore v0.14-v0.16;
-v0.17.0: v0.17-v1.0), undoing the reference's later migrations, so that
-``migrate`` can be tested on the databases it is for.
+``make_reference_v1_3_2`` turns a freshly initialised schema into what the
+Elixir library (v1.4) creates: this package's additions removed.
+``make_reference_layout`` turns it into the layout the Elixir library had at an
+older schema version (v0.14.0: EventStore v0.14-v0.16; v0.17.0: v0.17-v1.0),
+undoing the reference's later migrations, so that ``migrate`` can be tested on
+the databases it is for.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, text
+
+from sqlalchemy_eventstore.storage.schema import notification_trigger_ddl
+from sqlalchemy_eventstore.storage.sequencer_sql import drop_sequencer_ddl
 
 _QUERIES = {
     "tables": """
@@ -107,7 +112,7 @@ def recorded_versions(conn: Connection, schema: str) -> list[tuple[int, int, int
     return [(int(row[0]), int(row[1]), int(row[2])) for row in rows]
 
 
-EVENTSTORE_TABLES = {
+REFERENCE_TABLES = {
     "streams",
     "events",
     "stream_events",
@@ -115,8 +120,15 @@ EVENTSTORE_TABLES = {
     "snapshots",
     "schema_migrations",
 }
-EVENTSTORE_FUNCTIONS = {"event_store_exception", "event_store_delete", "notify_events"}
+# This package's own additions, beside the reference's tables.
+ADDITION_TABLES = {"parked_events", "unsequenced"}
+EVENTSTORE_TABLES = REFERENCE_TABLES | ADDITION_TABLES
+REFERENCE_FUNCTIONS = {"event_store_exception", "event_store_delete", "notify_events"}
+# The sequencer's (global_order="sequencer"), also additions.
+ADDITION_FUNCTIONS = {"eventstore_link_waiting", "eventstore_sequence"}
+EVENTSTORE_FUNCTIONS = REFERENCE_FUNCTIONS | ADDITION_FUNCTIONS
 EVENTSTORE_TRIGGERS = {
+    "eventstore_link_waiting",
     "no_delete_streams",
     "event_notification",
     "no_delete_events",
@@ -153,12 +165,21 @@ _TIMESTAMPS = [
 ]
 
 
+def make_reference_v1_3_2(conn: Connection, schema: str) -> None:
+    """Turn an initialised ``schema`` into what the reference (v1.4) creates: no additions."""
+    conn.exec_driver_sql(f'DROP TABLE "{schema}".parked_events')
+    for statement in drop_sequencer_ddl(schema, notification_trigger_ddl(schema)):
+        conn.exec_driver_sql(statement)
+    conn.exec_driver_sql(f'DROP TABLE "{schema}".unsequenced')
+
+
 def make_reference_layout(conn: Connection, schema: str, version: tuple[int, int, int]) -> None:
     """Turn an initialised ``schema`` into the reference's layout at ``version``.
 
     ``version`` is (0, 17, 0) or (0, 14, 0); events already stored stay.
     """
     assert version in ((0, 17, 0), (0, 14, 0))
+    make_reference_v1_3_2(conn, schema)
     s = f'"{schema}"'
     statements = [
         # 1.3.0 / 1.3.2 / 1.1.0: the notification trigger and function

@@ -42,7 +42,9 @@ from .catalog_helpers import (
     EVENTSTORE_FUNCTIONS,
     EVENTSTORE_TABLES,
     EVENTSTORE_TRIGGERS,
+    REFERENCE_TABLES,
     make_reference_layout,
+    make_reference_v1_3_2,
     objects,
     recorded_versions,
     schema_present,
@@ -51,6 +53,7 @@ from .catalog_helpers import (
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_REVISION = "eventstore_1_3_2"
+HEAD_REVISION = "eventstore_additions_1"
 
 MODELS = '''
 """The application's own model."""
@@ -263,11 +266,14 @@ def test_version_location_is_the_packaged_branch() -> None:
     assert coerce_resource_to_filename(VERSION_LOCATION_RESOURCE).resolve() == location.resolve()
 
     script = ScriptDirectory(str(REPO / "alembic_migrations"), version_locations=[str(location)])
-    base = script.get_revision("eventstore@head")
+    head = script.get_revision("eventstore@head")
+    assert head is not None and head.revision == HEAD_REVISION
+    assert head.down_revision == BASE_REVISION
+    base = script.get_revision(BASE_REVISION)
     assert base is not None
     assert base.branch_labels == {"eventstore"}
     assert base.down_revision is None
-    assert script.get_heads() == [BASE_REVISION]
+    assert script.get_heads() == [HEAD_REVISION]
 
 
 # -- upgrade, use, downgrade ------------------------------------------------------------
@@ -279,7 +285,7 @@ def test_upgrade_heads_creates_the_app_and_the_event_store(
     cfg = Config(str(write_app(tmp_path, fresh_database)))
     command.upgrade(cfg, "heads")
 
-    assert heads_in_database(db) == {"app_0001", BASE_REVISION}
+    assert heads_in_database(db) == {"app_0001", HEAD_REVISION}
     with db.connect() as conn:
         found = objects(conn, "public")
         alembic_created = snapshot(conn, "public")
@@ -314,7 +320,7 @@ def test_upgrade_heads_creates_the_app_and_the_event_store(
 
     # ... and it comes back on the next upgrade.
     command.upgrade(cfg, "eventstore@head")
-    assert heads_in_database(db) == {"app_0001", BASE_REVISION}
+    assert heads_in_database(db) == {"app_0001", HEAD_REVISION}
     append_and_read(fresh_database, "public")
 
 
@@ -375,7 +381,7 @@ def test_the_package_resource_form_of_the_location(
     )
     command.upgrade(Config(str(ini)), "eventstore@head")
     assert table_names(db, "es_resource") == EVENTSTORE_TABLES
-    assert heads_in_database(db) == {BASE_REVISION}
+    assert heads_in_database(db) == {HEAD_REVISION}
 
 
 @pytest.mark.parametrize("column_data_type", ["bytea", "jsonb"])
@@ -427,7 +433,7 @@ def test_offline_sql_builds_the_same_schema(
     assert offline == init_snapshot(db, fresh_database, "by_init")
 
     buffer = io.StringIO()
-    command.downgrade(Config(str(ini), output_buffer=buffer), f"{BASE_REVISION}:base", sql=True)
+    command.downgrade(Config(str(ini), output_buffer=buffer), f"{HEAD_REVISION}:base", sql=True)
     raw = db.raw_connection()
     try:
         raw.cursor().execute(buffer.getvalue())
@@ -471,6 +477,73 @@ def test_upgrade_migrates_an_older_reference_schema(
         assert recorded_versions(conn, "older")[-4:] == [(1, 1, 0), (1, 2, 0), (1, 3, 0), (1, 3, 2)]
     with EventStore(fresh_database, schema="older") as store:
         assert [e.data for e in store.read_stream_forward("s-1")] == [{"n": 1}]
+
+
+# -- the additions revision --------------------------------------------------------------
+
+
+def test_the_additions_revision_upgrades_and_downgrades_alone(
+    tmp_path: Path, fresh_database: URL, db: Engine
+) -> None:
+    cfg = Config(str(write_app(tmp_path, fresh_database, schema="steps")))
+    by_init = init_snapshot(db, fresh_database, "by_init")
+
+    # The base revision alone is the reference's layout: no additions.
+    command.upgrade(cfg, BASE_REVISION)
+    assert table_names(db, "steps") == REFERENCE_TABLES
+    with db.connect() as conn:
+        make_reference_v1_3_2(conn, "by_init")
+        assert snapshot(conn, "steps") == snapshot(conn, "by_init")
+    with EventStore(fresh_database, schema="steps") as store:
+        store.append_to_stream("s-1", 0, [EventData("Happened", {"n": 1})])
+
+    command.upgrade(cfg, "eventstore@head")
+    assert heads_in_database(db) == {HEAD_REVISION}
+    with db.connect() as conn:
+        assert snapshot(conn, "steps") == by_init
+        assert recorded_versions(conn, "steps") == [(1, 3, 2)]
+
+    # Downgrading one step drops the additions and keeps the events.
+    command.downgrade(cfg, BASE_REVISION)
+    assert table_names(db, "steps") == REFERENCE_TABLES
+    with EventStore(fresh_database, schema="steps") as store:
+        assert [e.data for e in store.read_stream_forward("s-1")] == [{"n": 1}]
+
+
+def test_upgrade_adds_them_to_a_reference_schema(
+    tmp_path: Path, fresh_database: URL, db: Engine
+) -> None:
+    expected = init_snapshot(db, fresh_database, "made_by_reference")
+    with db.connect() as conn:
+        make_reference_v1_3_2(conn, "made_by_reference")
+    cfg = Config(str(write_app(tmp_path, fresh_database, schema="made_by_reference")))
+
+    command.upgrade(cfg, "heads")
+
+    with db.connect() as conn:
+        assert snapshot(conn, "made_by_reference") == expected
+        assert recorded_versions(conn, "made_by_reference") == [(1, 3, 2)]
+
+
+def test_offline_sql_of_the_additions_revision(tmp_path: Path, fresh_database: URL) -> None:
+    ini = write_app(tmp_path, fresh_database, schema="offline")
+    buffer = io.StringIO()
+    command.upgrade(
+        Config(str(ini), output_buffer=buffer), f"{BASE_REVISION}:{HEAD_REVISION}", sql=True
+    )
+    script = buffer.getvalue()
+    assert "CREATE TABLE IF NOT EXISTS offline.parked_events" in script
+    assert "CREATE TABLE offline.streams" not in script
+
+    buffer = io.StringIO()
+    command.downgrade(
+        Config(str(ini), output_buffer=buffer), f"{HEAD_REVISION}:{BASE_REVISION}", sql=True
+    )
+    downgrade = buffer.getvalue()
+    assert 'DROP TABLE IF EXISTS "offline".parked_events, "offline".unsequenced;' in downgrade
+    assert "streams" not in downgrade.split("parked_events")[-1]
+    # The reference's notification trigger is put back without the WHEN clause.
+    assert "DROP TRIGGER IF EXISTS eventstore_link_waiting" in downgrade
 
 
 # -- autogenerate ----------------------------------------------------------------------
@@ -594,4 +667,4 @@ def test_the_wheel_ships_the_branch(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     location, head = result.stdout.split()
     assert Path(location) == target / "sqlalchemy_eventstore" / "alembic_migrations" / "versions"
-    assert head == BASE_REVISION
+    assert head == HEAD_REVISION

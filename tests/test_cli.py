@@ -32,7 +32,7 @@ from .catalog_helpers import (
     snapshot,
 )
 
-ALL_VERSIONS = ["0.13.0", "0.14.0", "0.17.0", "1.1.0", "1.2.0", "1.3.0", "1.3.2"]
+ALL_VERSIONS = ["0.13.0", "0.14.0", "0.17.0", "1.1.0", "1.2.0", "1.3.0", "1.3.2", "additions 1"]
 
 
 def _eventstore_executable() -> list[str]:
@@ -140,7 +140,7 @@ def test_create_init_migrate_migrations_drop(fresh_url: URL, admin_engine: Engin
 
     out = assert_ok(run("migrations", "--url", url))
     for version in ALL_VERSIONS:
-        assert any(line.split() == [version, "applied"] for line in out.splitlines()), out
+        assert any(line.split() == [*version.split(), "applied"] for line in out.splitlines()), out
     assert "pending" not in out
 
     append_and_read(fresh_url)
@@ -228,6 +228,7 @@ def test_concurrent_migrate_applies_each_step_once(initialised_url: URL) -> None
         assert len(migrated) == 1, results
         for version in ("0.17.0", "1.1.0", "1.2.0", "1.3.0", "1.3.2"):
             assert f"Running migration v{version}..." in migrated[0]
+        assert "Running migration additions 1..." in migrated[0]
         assert sum("already migrated" in stdout for _, stdout, _ in results) == 2
 
         with engine.connect() as conn:
@@ -255,8 +256,8 @@ def test_concurrent_migrate_applies_each_step_once(initialised_url: URL) -> None
 @pytest.mark.parametrize(
     ("layout", "steps"),
     [
-        ((0, 17, 0), ["1.1.0", "1.2.0", "1.3.0", "1.3.2"]),
-        ((0, 14, 0), ["0.17.0", "1.1.0", "1.2.0", "1.3.0", "1.3.2"]),
+        ((0, 17, 0), ["1.1.0", "1.2.0", "1.3.0", "1.3.2", "additions 1"]),
+        ((0, 14, 0), ["0.17.0", "1.1.0", "1.2.0", "1.3.0", "1.3.2", "additions 1"]),
     ],
 )
 def test_migrate_brings_a_reference_database_up_to_date(
@@ -313,7 +314,7 @@ def test_the_functions_return_what_they_did(fresh_url: URL, capsys) -> None:
     assert commands.init(fresh_url, "other", quiet=True, column_data_type="jsonb") is True
     assert commands.migrate(fresh_url, quiet=True) == []
     statuses = commands.migrations(fresh_url, "other", quiet=True)
-    assert statuses[-1] == ("1.3.2", "applied")
+    assert statuses[-2:] == [("1.3.2", "applied"), ("additions 1", "applied")]
     commands.drop(fresh_url, "other", quiet=True)
     commands.drop(fresh_url, quiet=True)
     assert capsys.readouterr().out == ""

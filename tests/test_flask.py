@@ -22,6 +22,7 @@ from sqlalchemy_eventstore.errors import StreamDeletedError, StreamNotFoundError
 from sqlalchemy_eventstore.flask import FlaskEventStore
 
 from .conftest import unique_schema
+from .parked_helpers import park_numbers
 
 
 @dataclass
@@ -156,6 +157,17 @@ def test_an_explicit_conn_wins_over_the_session(make_app: Callable[..., App]) ->
             t.events.append_to_stream("own", NO_STREAM, [EventData("E", {})], conn=conn)
         t.db.session.rollback()
         assert len(t.events.read_stream_forward("own")) == 1
+
+
+def test_parked_events_run_on_the_apps_store(make_app: Callable[..., App]) -> None:
+    t = make_app()
+    assert t.app.test_client().post("/orders/A-1").status_code == 201
+    with t.app.app_context():
+        park_numbers(t.events.store, "projector", [2])
+        assert [p.event.event_type for p in t.events.parked_events("projector")] == ["Paid"]
+        assert t.events.replay_parked("projector") == 1
+        assert t.events.discard_parked("projector", ALL_STREAM, [2]) == 1
+        assert t.events.parked_events("projector") == []
 
 
 def test_init_app_twice_raises(make_app: Callable[..., App]) -> None:

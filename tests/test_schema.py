@@ -197,6 +197,78 @@ EXPECTED_TRIGGERS = {
 }
 
 
+# -- this package's additions (beside the reference's layout, which they leave alone) --
+
+ADDITION_COLUMNS = {
+    "parked_events": [
+        ("subscription_id", "bigint", "NO", None),
+        ("event_number", "bigint", "NO", None),
+        ("event_id", "uuid", "NO", None),
+        ("partition_key", "text", "YES", None),
+        ("reason", "text", "NO", None),
+        ("parked_at", "timestamp with time zone", "NO", "now()"),
+        ("replay_requested", "boolean", "NO", "false"),
+    ],
+}
+
+ADDITION_COLUMNS["unsequenced"] = [
+    ("seq", "bigint", "NO", "nextval('unsequenced_seq_seq'::regclass)"),
+    ("stream_id", "bigint", "NO", None),
+    ("first_version", "bigint", "NO", None),
+    ("last_version", "bigint", "NO", None),
+]
+
+ADDITION_INDEXES = {
+    (
+        "unsequenced",
+        "unsequenced_pkey",
+        "CREATE UNIQUE INDEX unsequenced_pkey ON unsequenced USING btree (seq)",
+    ),
+    (
+        "parked_events",
+        "parked_events_pkey",
+        "CREATE UNIQUE INDEX parked_events_pkey ON parked_events "
+        "USING btree (subscription_id, event_number)",
+    ),
+}
+
+# The sequencer's: a trigger numbering waiting appends before any $all update,
+# and the reference's notification trigger re-created with a WHEN clause that
+# only sequencer-mode appends make false (their NOTIFY comes per batch).
+REFERENCE_NOTIFICATION_TRIGGER = (
+    "streams",
+    "event_notification",
+    "CREATE TRIGGER event_notification AFTER INSERT OR UPDATE ON streams FOR EACH ROW "
+    "EXECUTE FUNCTION notify_events()",
+)
+ADDITION_TRIGGERS = {
+    (
+        "streams",
+        "eventstore_link_waiting",
+        "CREATE TRIGGER eventstore_link_waiting BEFORE UPDATE ON streams FOR EACH ROW "
+        "WHEN ((old.stream_id = 0)) EXECUTE FUNCTION eventstore_link_waiting()",
+    ),
+    (
+        "streams",
+        "event_notification",
+        "CREATE TRIGGER event_notification AFTER INSERT OR UPDATE ON streams FOR EACH ROW "
+        "WHEN ((new.stream_uuid IS DISTINCT FROM "
+        "current_setting('eventstore.quiet_stream'::text, true))) "
+        "EXECUTE FUNCTION notify_events()",
+    ),
+}
+
+ADDITION_CONSTRAINTS = {
+    ("unsequenced", "unsequenced_pkey", "PRIMARY KEY (seq)"),
+    ("parked_events", "parked_events_pkey", "PRIMARY KEY (subscription_id, event_number)"),
+    (
+        "parked_events",
+        "parked_events_subscription_id_fkey",
+        "FOREIGN KEY (subscription_id) REFERENCES subscriptions(subscription_id) ON DELETE CASCADE",
+    ),
+}
+
+
 def catalog_rows(admin_engine, schema: str, query: str) -> set[tuple]:
     """Rows of a catalog query, with the schema's qualification stripped."""
     prefixes = (f'"{schema}".', f"{schema}.")
@@ -231,7 +303,7 @@ def test_tables_and_columns_match_the_reference(make_store, admin_engine, data_t
             default = default.replace(f"{store.schema}.", "")
         found.setdefault(table, []).append((column, type_, nullable, default))
 
-    assert found == expected_columns(data_type)
+    assert found == {**expected_columns(data_type), **ADDITION_COLUMNS}
 
 
 def test_indexes_match_the_reference(store, admin_engine):
@@ -240,7 +312,7 @@ def test_indexes_match_the_reference(store, admin_engine):
         store.schema,
         "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = :schema",
     )
-    assert indexes == EXPECTED_INDEXES
+    assert indexes == EXPECTED_INDEXES | ADDITION_INDEXES
 
 
 def test_constraints_match_the_reference(store, admin_engine):
@@ -253,7 +325,7 @@ def test_constraints_match_the_reference(store, admin_engine):
         # PostgreSQL 18 lists NOT NULL as constraints too: the columns test covers them.
         "WHERE n.nspname = :schema AND k.contype <> 'n'",
     )
-    assert constraints == EXPECTED_CONSTRAINTS
+    assert constraints == EXPECTED_CONSTRAINTS | ADDITION_CONSTRAINTS
 
 
 def test_triggers_and_functions_match_the_reference(store, admin_engine):
@@ -277,9 +349,19 @@ def test_triggers_and_functions_match_the_reference(store, admin_engine):
         "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = :schema",
     )
 
-    assert triggers == EXPECTED_TRIGGERS
-    assert functions == {("event_store_exception",), ("event_store_delete",), ("notify_events",)}
-    assert sequences == {("streams_stream_id_seq",), ("subscriptions_subscription_id_seq",)}
+    assert triggers == (EXPECTED_TRIGGERS - {REFERENCE_NOTIFICATION_TRIGGER}) | ADDITION_TRIGGERS
+    assert functions == {
+        ("event_store_exception",),
+        ("event_store_delete",),
+        ("notify_events",),
+        ("eventstore_link_waiting",),
+        ("eventstore_sequence",),
+    }
+    assert sequences == {
+        ("streams_stream_id_seq",),
+        ("subscriptions_subscription_id_seq",),
+        ("unsequenced_seq_seq",),
+    }
 
 
 def test_initial_rows(store, admin_engine):

@@ -4,7 +4,8 @@ The base of the ``eventstore`` branch. Upgrading creates exactly what
 ``EventStore.init()`` creates (both take their DDL from
 ``sqlalchemy_eventstore.storage.schema``); a schema that already holds an event
 store -- made by ``init()`` or by the Elixir library -- is adopted and brought up
-to v1.3.2 instead. Downgrading drops the event store's tables and functions,
+to v1.3.2 instead. This package's own additions come with the next revision,
+``eventstore_additions_1``. Downgrading drops the event store's tables and functions,
 and its schema when nothing else is left in it (never ``public``).
 
 The schema and the data/metadata column type come from the ``[alembic]``
@@ -48,7 +49,8 @@ def upgrade() -> None:
         # No database to look at: print the statements that create it all.
         _run(schema_ddl(options.schema, options.column_data_type))
     else:
-        upgrade_schema(op.get_bind(), options.schema, options.column_data_type)
+        # The additions (parked_events, ...) are the next revision's.
+        upgrade_schema(op.get_bind(), options.schema, options.column_data_type, additions=False)
 
 
 def downgrade() -> None:

@@ -4,6 +4,13 @@ The functions and triggers are the reference's (v1.4) text for text, so a
 database initialised here behaves identically under the Elixir library. Every
 path that builds the schema -- ``EventStore.init()``, the Alembic branch (online
 and ``--sql``) and the upgrades of older databases -- takes its DDL from here.
+
+This package's own additions (the ``parked_events`` table) are kept apart from
+the reference's layout and versioned apart: :func:`additions_ddl` creates them
+with idempotent statements, run after the reference's DDL by ``init()`` (on a
+new schema and on an existing one), by the ``migrate`` command and by the
+Alembic revision ``eventstore_additions_1``. The reference's tables, functions
+and ``schema_migrations`` rows are never changed by them.
 """
 
 from __future__ import annotations
@@ -12,15 +19,19 @@ from sqlalchemy import Connection, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from ..models import metadata_for
+from ..models import ADDITION_TABLES, metadata_for
+from .sequencer_sql import drop_sequencer_ddl, sequencer_ddl
 
 __all__ = [
+    "ADDITIONS_NAME",
     "SCHEMA_LOCK_KEY",
     "SCHEMA_VERSION",
+    "add_additions",
     "additions_ddl",
     "additions_missing",
     "create_schema",
     "delete_function_ddl",
+    "drop_additions_ddl",
     "drop_schema_ddl",
     "exception_function_ddl",
     "function_and_trigger_ddl",
@@ -38,6 +49,10 @@ __all__ = [
 #: The reference's schema version that this layout corresponds to.
 SCHEMA_VERSION = (1, 3, 2)
 
+#: How ``eventstore migrations`` names the additions' step (one step so far;
+#: a later one would be "additions 2", with its own Alembic revision).
+ADDITIONS_NAME = "additions 1"
+
 #: Key of the advisory lock held by whatever creates or changes a schema:
 #: ``init()`` and the Alembic branch take it for their transaction, the
 #: ``migrate`` command for its session. Any constant works as long as every one
@@ -47,9 +62,10 @@ SCHEMA_VERSION = (1, 3, 2)
 SCHEMA_LOCK_KEY = 0x6576_7374  # "evst"
 
 _TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "schema_migrations")
+# Dropped before the reference's tables (they refer to subscriptions).
+_ADDITION_TABLES = tuple(sorted(ADDITION_TABLES))
 _FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
 _ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence(boolean)")
-_ADDITION_TABLES = ("unsequenced",)
 
 
 def quote_ident(name: str) -> str:
@@ -63,13 +79,39 @@ def table_ddl(schema: str, column_data_type: str) -> list[str]:
     The statements ``metadata.create_all()`` would send, compiled once for
     PostgreSQL so that they can also be printed (Alembic's ``--sql`` mode).
     """
+    return _create_tables(schema, column_data_type, additions=False)
+
+
+def _create_tables(schema: str, column_data_type: str, *, additions: bool) -> list[str]:
+    """The reference's tables (``additions`` False) or this package's own (True)."""
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     statements: list[str] = []
     for table in metadata_for(column_data_type, schema).sorted_tables:
-        statements.append(str(CreateTable(table).compile(dialect=dialect)).strip())
+        if (table.name in ADDITION_TABLES) != additions:
+            continue
+        create = CreateTable(table, if_not_exists=additions)
+        statements.append(str(create.compile(dialect=dialect)).strip())
         for index in sorted(table.indexes, key=lambda index: str(index.name)):
-            statements.append(str(CreateIndex(index).compile(dialect=dialect)).strip())
+            create_index = CreateIndex(index, if_not_exists=additions)
+            statements.append(str(create_index.compile(dialect=dialect)).strip())
     return statements
+
+
+def additions_ddl(schema: str) -> list[str]:
+    """Idempotent statements creating this package's additions inside ``schema``.
+
+    ``CREATE TABLE IF NOT EXISTS`` (and ``CREATE INDEX IF NOT EXISTS``) of the
+    tables in :data:`~sqlalchemy_eventstore.models.ADDITION_TABLES`, compiled
+    from their models, then the sequencer's functions and triggers
+    (:func:`.sequencer_sql.sequencer_ddl`). They need the reference's
+    ``subscriptions`` table (a foreign key refers to it) and change none of
+    its tables; the one reference object they touch is the
+    ``event_notification`` trigger, re-created with a WHEN clause that only
+    this package's sequencer-mode appends ever make false.
+    """
+    # The additions hold no payload column: the column data type is irrelevant.
+    # Then the sequencer's functions and triggers (global_order="sequencer").
+    return [*_create_tables(schema, "bytea", additions=True), *sequencer_ddl(schema)]
 
 
 def exception_function_ddl(schema: str) -> str:
@@ -236,6 +278,15 @@ def schema_ddl(schema: str, column_data_type: str) -> list[str]:
     ]
 
 
+def drop_additions_ddl(schema: str) -> list[str]:
+    """Statements that drop this package's additions (and nothing of the reference's)."""
+    s = quote_ident(schema)
+    return [
+        *drop_sequencer_ddl(schema, notification_trigger_ddl(schema)),
+        "DROP TABLE IF EXISTS " + ", ".join(f"{s}.{table}" for table in _ADDITION_TABLES),
+    ]
+
+
 def drop_schema_ddl(schema: str) -> list[str]:
     """Statements that drop the event store's objects from ``schema``, and nothing else.
 
@@ -279,13 +330,43 @@ def lock_schema_changes(conn: Connection) -> None:
     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
 
 
-def create_schema(conn: Connection, schema: str, column_data_type: str) -> bool:
+def additions_missing(conn: Connection, schema: str) -> list[str]:
+    """The addition tables that ``schema`` lacks, sorted (``[]``: all present)."""
+    s = quote_ident(schema)
+    return [
+        table
+        for table in _ADDITION_TABLES
+        if conn.execute(text("SELECT to_regclass(:name)"), {"name": f"{s}.{table}"}).scalar()
+        is None
+    ]
+
+
+def add_additions(conn: Connection, schema: str) -> bool:
+    """Create the additions in an existing event store unless present; True if it did.
+
+    The caller holds :data:`SCHEMA_LOCK_KEY`. When every addition is present
+    nothing is sent, so an ``init()`` by a role without CREATE rights still
+    succeeds on a complete schema.
+    """
+    if not additions_missing(conn, schema):
+        return False
+    for statement in additions_ddl(schema):
+        conn.exec_driver_sql(statement)
+    return True
+
+
+def create_schema(
+    conn: Connection, schema: str, column_data_type: str, *, additions: bool = True
+) -> bool:
     """Create the schema and all its objects unless present; True if created.
 
     Runs inside the caller's transaction. A transaction-scoped advisory lock
     serialises concurrent initialisers: the second one waits for the first to
     commit, then finds the tables and does nothing (``CREATE SCHEMA IF NOT
-    EXISTS`` alone is not safe against a concurrent twin).
+    EXISTS`` alone is not safe against a concurrent twin). With ``additions``
+    (the default), this package's additions are created too -- also in a
+    schema that already existed (made by the reference, or by an older version
+    of this package), which still counts as not created (False).
     """
     lock_schema_changes(conn)
     created = False
@@ -293,30 +374,6 @@ def create_schema(conn: Connection, schema: str, column_data_type: str) -> bool:
         for statement in schema_ddl(schema, column_data_type):
             conn.exec_driver_sql(statement)
         created = True
-    if additions_missing(conn, schema):
-        for statement in additions_ddl(schema):
-            conn.exec_driver_sql(statement)
+    if additions:
+        add_additions(conn, schema)
     return created
-
-
-def additions_ddl(schema: str) -> list[str]:
-    """Idempotent statements creating this package's own objects inside ``schema``.
-
-    Run after the reference's DDL on new and existing schemas. They add to the
-    reference's layout and change none of its tables; the one reference object
-    they touch is the ``event_notification`` trigger, re-created with a WHEN
-    clause that only this package's sequencer-mode appends ever make false.
-    """
-    from .sequencer_sql import sequencer_ddl
-
-    return sequencer_ddl(schema)
-
-
-def additions_missing(conn: Connection, schema: str) -> bool:
-    """Whether ``schema`` lacks this package's additions (checked by their table)."""
-    from .sequencer_sql import QUEUE_TABLE
-
-    found = conn.execute(
-        text("SELECT to_regclass(:name)"), {"name": f"{quote_ident(schema)}.{QUEUE_TABLE}"}
-    ).scalar()
-    return found is None

@@ -29,10 +29,15 @@ before they run -- even one that committed after the calling statement began
 
 from __future__ import annotations
 
-from .schema import quote_ident
+
+def quote_ident(name: str) -> str:
+    """Quote a Postgres identifier (as ``schema.quote_ident``; schema imports us)."""
+    return '"' + name.replace('"', '""') + '"'
+
 
 __all__ = [
     "BUSY",
+    "drop_sequencer_ddl",
     "EMPTIED",
     "EMPTY",
     "QUEUE_TABLE",
@@ -53,16 +58,13 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _queue_table(s: str) -> str:
-    # One row per waiting append (not per event): the append pays one small
-    # insert whatever its size. A high-churn queue, so vacuumed eagerly.
+def _queue_options(s: str) -> str:
+    # The table itself comes from its model (models.UnsequencedRow). One row
+    # per waiting append, deleted once numbered: a high-churn queue, vacuumed
+    # eagerly so the probes stay an index descent.
     return f"""
-CREATE TABLE IF NOT EXISTS {s}.{QUEUE_TABLE} (
-    seq bigserial PRIMARY KEY,
-    stream_id bigint NOT NULL,
-    first_version bigint NOT NULL,
-    last_version bigint NOT NULL
-) WITH (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000)
+ALTER TABLE {s}.{QUEUE_TABLE}
+SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000)
 """
 
 
@@ -202,12 +204,25 @@ $$ LANGUAGE plpgsql VOLATILE;
 
 
 def sequencer_ddl(schema: str) -> list[str]:
-    """Idempotent statements creating the sequencer's queue, functions and triggers."""
+    """Idempotent statements creating the sequencer's functions and triggers
+    (after the queue table, which comes from its model)."""
     s = quote_ident(schema)
     return [
-        _queue_table(s),
+        _queue_options(s),
         _link_waiting_function(s),
         _link_waiting_trigger(s),
         _sequence_function(s),
         _quiet_notification_trigger(s),
+    ]
+
+
+def drop_sequencer_ddl(schema: str, reference_notification_trigger: str) -> list[str]:
+    """Statements removing the sequencer's functions and triggers, and putting the
+    reference's notification trigger back as it was (no WHEN clause)."""
+    s = quote_ident(schema)
+    return [
+        f"DROP TRIGGER IF EXISTS eventstore_link_waiting ON {s}.streams",
+        f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
+        reference_notification_trigger,
+        f"DROP FUNCTION IF EXISTS {s}.eventstore_sequence(boolean), {s}.eventstore_link_waiting()",
     ]

@@ -11,6 +11,11 @@ installs the current body (the intermediate ones are superseded by 1.3.2, and
 the 1.3.0 one fails on older PostgreSQL), and the 0.13.0 and 0.14.0 steps, which
 convert the pre-2018 layout, are listed but not ported: a database that old is
 refused with a message saying how to upgrade it.
+
+This package's own additions (:func:`.schema.additions_ddl`) are versioned
+apart: they record no ``schema_migrations`` row (that table is the
+reference's), and count as applied when their tables exist. They are applied
+after the reference's steps.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from sqlalchemy import Connection, text
 
 from .schema import (
     SCHEMA_VERSION,
+    add_additions,
     create_schema,
     delete_function_ddl,
     exception_function_ddl,
@@ -177,17 +183,21 @@ def apply(conn: Connection, schema: str, migration: Migration) -> None:
         conn.exec_driver_sql(statement)
 
 
-def upgrade_schema(conn: Connection, schema: str, column_data_type: str) -> list[Version]:
+def upgrade_schema(
+    conn: Connection, schema: str, column_data_type: str, *, additions: bool = True
+) -> list[Version]:
     """Create the event store in ``schema``, or bring an existing one up to date.
 
     Runs in the caller's transaction (the Alembic branch's) under the schema
     lock, so it serialises with ``init()`` and the ``migrate`` command. Returns
-    the versions applied: ``[SCHEMA_VERSION]`` for a new schema, ``[]`` when it
-    was already current.
+    the reference's versions applied: ``[SCHEMA_VERSION]`` for a new schema,
+    ``[]`` when it was already current. With ``additions`` (the default) this
+    package's additions are then created where missing; the Alembic branch's
+    base revision passes False, leaving them to their own revision.
     """
     lock_schema_changes(conn)
     if not schema_exists(conn, schema):
-        create_schema(conn, schema, column_data_type)
+        create_schema(conn, schema, column_data_type, additions=additions)
         return [SCHEMA_VERSION]
     recorded = recorded_versions(conn, schema)
     if not recorded:
@@ -201,4 +211,6 @@ def upgrade_schema(conn: Connection, schema: str, column_data_type: str) -> list
         raise RuntimeError(problem)
     for migration in steps:
         apply(conn, schema, migration)
+    if additions:
+        add_additions(conn, schema)
     return [m.version for m in steps]
