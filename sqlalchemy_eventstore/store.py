@@ -73,6 +73,11 @@ class EventStore:
     an engine the store makes for a psycopg 3 URL turns off psycopg's
     server-side prepared statements. An Engine passed in through such a pooler
     needs ``connect_args={"prepare_threshold": None}`` on psycopg 3.
+
+    ``global_order`` is ``"lock"`` (the reference's way: an append holds the
+    ``$all`` row's lock until its transaction ends) or ``"sequencer"`` (an
+    append locks only its stream; its events are numbered into ``$all`` after
+    its commit). See docs/global-order.md.
     """
 
     def __init__(
