@@ -44,6 +44,7 @@ __all__ = ["Sequencer"]
 logger = logging.getLogger("sqlalchemy_eventstore.sequencer")
 
 _PENDING = "sqlalchemy_eventstore.sequencer_pending"  # key in Session.info
+_NO_TRANSACTION = 0  # a worker job that only helps (no transaction to wait for)
 HELP_ROUNDS = 16  # sequencer rounds one appender runs at most for others
 _FIRST_POLL = 0.0005  # seconds between pg_xact_status checks, doubled up to _MAX_POLL
 _MAX_POLL = 0.05
@@ -60,6 +61,7 @@ class Sequencer:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        self._help_queued = False
 
     # -- running the sequencer -------------------------------------------------------
 
@@ -129,6 +131,11 @@ class Sequencer:
             event.listen(conn, "commit", _connection_committing)
             event.listen(conn, "rollback", _connection_rolled_back)
 
+    def help_soon(self) -> None:
+        """:meth:`help` on the worker thread (a subscription runner's periodic
+        call: its thread must not wait for a lock-mode writer holding ``$all``)."""
+        self.committing(_NO_TRANSACTION)
+
     def committing(self, xid: int) -> None:
         """The transaction ``xid`` is about to commit: sequence once it has."""
         with self._lock:
@@ -139,6 +146,11 @@ class Sequencer:
                     target=self._run, name="eventstore-sequencer", daemon=True
                 )
                 self._thread.start()
+        if xid == _NO_TRANSACTION:
+            with self._lock:
+                if self._help_queued:
+                    return
+                self._help_queued = True
         self._work.put(xid)
 
     def _run(self) -> None:
@@ -146,8 +158,11 @@ class Sequencer:
             xid = self._work.get()
             if xid is None:
                 return
+            if xid == _NO_TRANSACTION:
+                with self._lock:
+                    self._help_queued = False
             try:
-                if self._wait_committed(xid):
+                if xid == _NO_TRANSACTION or self._wait_committed(xid):
                     self.help()
             except Exception:
                 logger.warning("could not number waiting events into $all", exc_info=True)

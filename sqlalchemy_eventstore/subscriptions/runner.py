@@ -396,10 +396,7 @@ class Runner:
         if self.interested(ALL_STREAM) or ALL_STREAM in {
             t.stream_uuid for t in self._publisher.transients()
         }:
-            try:
-                self._store.advance_all_stream()
-            except Exception:
-                logger.warning("could not number waiting events into $all", exc_info=True)
+            self._store._sequence_soon()
 
     def _check_locks(self) -> None:
         """A lost lock session means every lock is gone: stop delivering until
@@ -524,7 +521,7 @@ class Runner:
 
     def _read(self, stream_uuid: str, start: int, count: int) -> list[RecordedEvent]:
         try:
-            return self._store.read_stream_forward(stream_uuid, start, count)
+            return self._store._read_for_subscriptions(stream_uuid, start, count)
         except (StreamNotFoundError, StreamDeletedError):
             return []
 
