@@ -36,11 +36,16 @@ from .parked_helpers import park_numbers, parked_rows
 
 def test_additions_ddl_is_idempotent_and_leaves_the_reference_alone():
     statements = additions_ddl("tenant")
-    # Tables IF NOT EXISTS; the sequencer's functions and triggers OR REPLACE;
-    # its queue's storage options ALTER ... SET (idempotent as well).
+    # Tables IF NOT EXISTS; the sequencer's functions OR REPLACE, its
+    # triggers dropped IF EXISTS and created again; its queue's storage
+    # options ALTER ... SET (idempotent as well).
+    idempotent = (" IF NOT EXISTS ", "CREATE OR REPLACE ", "\nSET (", "DROP TRIGGER IF EXISTS ")
     assert statements and all(
-        " IF NOT EXISTS " in s or "CREATE OR REPLACE " in s or "\nSET (" in s for s in statements
+        any(marker in s for marker in idempotent) or "CREATE TRIGGER" in s for s in statements
     )
+    for i, s in enumerate(statements):
+        if "CREATE TRIGGER" in s:
+            assert "DROP TRIGGER IF EXISTS" in statements[i - 1]
     assert any(
         "REFERENCES tenant.subscriptions (subscription_id) ON DELETE CASCADE" in s
         for s in statements

@@ -9,7 +9,7 @@ committed event out of ``$all`` for long:
 * an append with ``conn=`` once the caller's transaction commits: a
   ``Session`` through its ``after_commit`` event; a ``Connection`` through its
   ``commit`` event, which fires *before* the commit, so a worker thread waits
-  for the transaction's outcome (``pg_xact_status``) and then calls it;
+  for the transaction's outcome (``txid_status``) and then calls it;
 * writers only *try* the sequencer's lock (:meth:`Sequencer.help`): when it
   is busy, its holder numbers their appends in its next round, so writers
   never queue behind one another;
@@ -46,7 +46,7 @@ logger = logging.getLogger("sqlalchemy_eventstore.sequencer")
 _PENDING = "sqlalchemy_eventstore.sequencer_pending"  # key in Session.info
 _NO_TRANSACTION = 0  # a worker job that only helps (no transaction to wait for)
 HELP_ROUNDS = 16  # sequencer rounds one appender runs at most for others
-_FIRST_POLL = 0.0005  # seconds between pg_xact_status checks, doubled up to _MAX_POLL
+_FIRST_POLL = 0.0005  # seconds between txid_status checks, doubled up to _MAX_POLL
 _MAX_POLL = 0.05
 
 
@@ -125,7 +125,7 @@ class Sequencer:
         if self not in pending:
             # The transaction id, to learn the outcome from another session:
             # the commit event fires before the commit itself.
-            xid = conn.exec_driver_sql("SELECT CAST(pg_current_xact_id() AS text)").scalar_one()
+            xid = conn.exec_driver_sql("SELECT txid_current()").scalar_one()
             pending[self] = int(xid)
         if not event.contains(conn, "commit", _connection_committing):
             event.listen(conn, "commit", _connection_committing)
@@ -172,9 +172,7 @@ class Sequencer:
         pause = _FIRST_POLL
         with connection(self._engine, None, transaction=False) as own:
             while not self._closed:
-                status = own.exec_driver_sql(
-                    "SELECT pg_xact_status(CAST(CAST(%(xid)s AS text) AS xid8))", {"xid": xid}
-                ).scalar()
+                status = own.exec_driver_sql("SELECT txid_status(%(xid)s)", {"xid": xid}).scalar()
                 if status != "in progress":
                     return status == "committed"
                 time.sleep(pause)

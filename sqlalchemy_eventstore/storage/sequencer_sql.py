@@ -141,7 +141,7 @@ def _link_waiting_trigger(s: str) -> str:
     # Fires for the $all row only (WHEN), before the row changes and after its
     # lock is taken (a waiter re-fetches the newest row first).
     return f"""
-CREATE OR REPLACE TRIGGER eventstore_link_waiting
+CREATE TRIGGER eventstore_link_waiting
 BEFORE UPDATE ON {s}.streams
 FOR EACH ROW WHEN (OLD.stream_id = 0)
 EXECUTE PROCEDURE {s}.eventstore_link_waiting();
@@ -155,7 +155,7 @@ def _quiet_notification_trigger(s: str) -> str:
     # per batch. Writers that never set it -- the reference, lock mode -- see
     # the reference's behaviour unchanged.
     return f"""
-CREATE OR REPLACE TRIGGER event_notification
+CREATE TRIGGER event_notification
 AFTER INSERT OR UPDATE ON {s}.streams
 FOR EACH ROW
 WHEN (NEW.stream_uuid IS DISTINCT FROM current_setting('eventstore.quiet_stream', true))
@@ -210,8 +210,12 @@ def sequencer_ddl(schema: str) -> list[str]:
     return [
         _queue_options(s),
         _link_waiting_function(s),
+        # DROP IF EXISTS then CREATE (not CREATE OR REPLACE TRIGGER, which
+        # needs PostgreSQL 14): idempotent as a pair, in the caller's transaction.
+        f"DROP TRIGGER IF EXISTS eventstore_link_waiting ON {s}.streams",
         _link_waiting_trigger(s),
         _sequence_function(s),
+        f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
         _quiet_notification_trigger(s),
     ]
 
