@@ -141,11 +141,15 @@ def main() -> None:
         )
         full, replayed_all = accounts.load(account_id, use_snapshot=False)
         print(f"full replay of {replayed_all} events: balance {full.balance}")
+        if full.balance != account.balance or replayed == replayed_all:
+            raise SystemExit("the snapshot should give the full replay's balance, reading less")
 
         try:
             account.withdraw(account.balance + 1)
         except InsufficientFunds as error:
             print(f"rejected: {error}")
+        else:
+            raise SystemExit("an overdraft should have been rejected")
 
         # Two writers load version N; the second save is rejected.
         first, _ = accounts.load(account_id)
@@ -157,6 +161,8 @@ def main() -> None:
             accounts.save(second)
         except WrongExpectedVersionError:
             print(f"concurrent save rejected: expected version {second.version} is stale")
+        else:
+            raise SystemExit("the second concurrent save should have been rejected")
         final, _ = accounts.load(account_id)
         print(f"final balance {final.balance} at version {final.version}")
 

@@ -123,22 +123,33 @@ def demo(app: Flask) -> None:
     good, bad = f"A-{run}", f"B-{run}"
     client = app.test_client()
 
-    def show(method: str, path: str, body: dict[str, Any] | None = None) -> None:
+    def show(method: str, path: str, body: dict[str, Any] | None = None) -> int:
         response = client.open(path, method=method, json=body)
         print(f"{method} {path.replace(run, '<run>')} -> {response.status_code}", end=" ")
         print(str(response.get_json()).replace(run, "<run>"))
+        return response.status_code
 
-    show("POST", "/orders", {"reference": good, "total": 30})
-    show("POST", "/orders/failing", {"reference": bad, "total": 99})
-    show("GET", f"/orders/{good}/events")
-    show("GET", f"/orders/{bad}/events")
+    statuses = [
+        show("POST", "/orders", {"reference": good, "total": 30}),
+        show("POST", "/orders/failing", {"reference": bad, "total": 99}),
+        show("GET", f"/orders/{good}/events"),
+        show("GET", f"/orders/{bad}/events"),
+    ]
     with app.app_context():
-        mine = db.session.scalars(db.select(Order.reference).where(Order.reference.like(f"%{run}")))
+        mine = list(
+            db.session.scalars(db.select(Order.reference).where(Order.reference.like(f"%{run}")))
+        )
         print("orders of this run:", [r.replace(run, "<run>") for r in mine])
+    if statuses != [201, 402, 200, 404] or mine != [good]:
+        raise SystemExit("the committed order and its event should exist, the failed one not")
     with placed_seen:
         placed_seen.wait_for(lambda: good in placed, timeout=10)
-        print("the subscription saw:", [r.replace(run, "<run>") for r in placed if run in r])
+        seen = [r for r in placed if run in r]
+        print("the subscription saw:", [r.replace(run, "<run>") for r in seen])
     events.close()
+    # Exit non-zero unless the demo showed what it is about.
+    if seen != [good]:
+        raise SystemExit(f"the subscription should have seen exactly {good!r}, saw {seen}")
 
 
 if __name__ == "__main__":

@@ -119,7 +119,8 @@ def main() -> None:
 
         projector = BalanceProjector(store)
         subscription = store.subscribe_to_all_streams(PROJECTOR, handler=projector, buffer_size=10)
-        assert projector.wait_for(last), "the projector did not catch up"
+        if not projector.wait_for(last):
+            raise SystemExit("the projector did not catch up")
         print(f"projected up to event {projector.position}: applied {projector.applied}")
 
         # Forget the subscription's own checkpoint: the store redelivers all of
@@ -130,11 +131,14 @@ def main() -> None:
         projector.skipped = 0
         store.subscribe_to_all_streams(PROJECTOR, handler=projector, buffer_size=10)
         with projector.changed:
-            projector.changed.wait_for(lambda: projector.skipped >= last, 20)
+            redelivered = projector.changed.wait_for(lambda: projector.skipped >= last, 20)
+        if not redelivered:
+            raise SystemExit("the subscription did not redeliver $all from the origin")
         print(f"redelivered {projector.skipped} events: applied {projector.applied - before}")
 
         store.append_to_stream(accounts["bob"], 1, [EventData("MoneyDeposited", {"amount": 7})])
-        assert projector.wait_for(last + 1), "the projector missed a live event"
+        if not projector.wait_for(last + 1):
+            raise SystemExit("the projector missed a live event")
         print(f"live event {projector.position} applied")
 
         with Session(store.engine) as session:

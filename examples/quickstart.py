@@ -33,8 +33,11 @@ def main() -> None:
             ],
         )
 
-        for event in store.read_stream_forward(stream):
+        events = store.read_stream_forward(stream)
+        for event in events:
             print(f"{event.stream_uuid} #{event.event_number} {event.event_type}: {event.data}")
+        if [e.event_number for e in events] != [1, 2]:
+            raise SystemExit("the stream should hold the two events just appended")
 
         info = store.stream_info(stream)
         print(f"stream version {info.stream_version}, status {info.status}")

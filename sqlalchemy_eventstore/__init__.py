@@ -19,6 +19,24 @@ from ._types import (
     SnapshotData,
     StreamInfo,
 )
+from .errors import (
+    AlreadySubscribedError,
+    CannotAppendToAllStreamError,
+    CannotDeleteAllStreamError,
+    DuplicateEventError,
+    EventNotFoundError,
+    EventStoreError,
+    HardDeletesNotEnabledError,
+    SnapshotNotFoundError,
+    StoreTimeoutError,
+    StreamDeletedError,
+    StreamExistsError,
+    StreamNotFoundError,
+    SubscriptionAlreadyExistsError,
+    TooManySubscribersError,
+    UnexpectedAckError,
+    WrongExpectedVersionError,
+)
 from .serializers import JsonbSerializer, JsonSerializer, MarshmallowSerializer, Serializer
 from .store import EventStore
 from .subscriptions.handle import Subscription
@@ -42,6 +60,23 @@ __all__ = [
     "SnapshotData",
     "StreamInfo",
     "Subscription",
+    # errors (also in sqlalchemy_eventstore.errors)
+    "AlreadySubscribedError",
+    "CannotAppendToAllStreamError",
+    "CannotDeleteAllStreamError",
+    "DuplicateEventError",
+    "EventNotFoundError",
+    "EventStoreError",
+    "HardDeletesNotEnabledError",
+    "SnapshotNotFoundError",
+    "StoreTimeoutError",
+    "StreamDeletedError",
+    "StreamExistsError",
+    "StreamNotFoundError",
+    "SubscriptionAlreadyExistsError",
+    "TooManySubscribersError",
+    "UnexpectedAckError",
+    "WrongExpectedVersionError",
 ]
 
 __version__ = "0.1.0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +24,9 @@ __all__ = [
     "check_event_numbers",
     "check_expected_version",
     "check_int",
+    "check_schema",
     "check_stream_uuid",
+    "check_timeout",
     "check_uuid",
     "event_ids_to_link",
     "prepare_events",
@@ -32,6 +36,53 @@ __all__ = [
 # Values that are plain data, not "an instance of a class" an event type can be
 # inferred from.
 _PLAIN = (dict, list, tuple, set, frozenset, str, bytes, bytearray, int, float, bool, type(None))
+
+
+#: The longest NOTIFY channel name PostgreSQL accepts (NAMEDATALEN - 1), in bytes.
+_MAX_CHANNEL_BYTES = 63
+#: Suffixes of the store's NOTIFY channels, ``"<schema>.events"`` and
+#: ``"<schema>.parked"``: the longest bounds the schema name.
+_CHANNEL_SUFFIXES = (".events", ".parked")
+MAX_SCHEMA_BYTES = _MAX_CHANNEL_BYTES - max(len(suffix) for suffix in _CHANNEL_SUFFIXES)
+
+
+def check_schema(value: Any, name: str = "schema") -> str:
+    """A Postgres schema name every part of the store can use.
+
+    Any identifier works (it is always quoted), except: one whose NOTIFY
+    channels would pass PostgreSQL's 63-byte limit (so at most
+    ``MAX_SCHEMA_BYTES`` bytes of UTF-8); one holding ``%`` (the drivers read
+    it as a parameter marker in statements that embed the name); a NUL
+    character; and the ``pg_`` prefix PostgreSQL reserves.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{name} must be a non-empty str")
+    size = len(value.encode("utf-8"))
+    if size > MAX_SCHEMA_BYTES:
+        raise ValueError(
+            f"{name} must be at most {MAX_SCHEMA_BYTES} bytes of UTF-8 (the NOTIFY channels"
+            f" '<{name}>.events' and '<{name}>.parked' must fit in 63 bytes), got {size}"
+        )
+    if "%" in value:
+        raise ValueError(f"{name} must not contain '%', got {value!r}")
+    if "\x00" in value:
+        raise ValueError(f"{name} must not contain a NUL character")
+    if value.startswith("pg_"):
+        raise ValueError(f"{name} must not start with 'pg_' (reserved by PostgreSQL)")
+    return value
+
+
+def check_timeout(value: Any, name: str = "timeout") -> float | None:
+    """Seconds (a positive finite number), or None for no limit."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, got {type(value).__name__}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be > 0 seconds (or None for no limit), got {value!r}")
+    return float(value)
 
 
 def check_stream_uuid(value: Any, name: str = "stream_uuid") -> str:
@@ -72,10 +123,17 @@ def check_expected_version(
     return value
 
 
+# A UUID already in the canonical form str(uuid.UUID(...)) gives: taken as is.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_is_canonical_uuid = _CANONICAL_UUID.fullmatch
+
+
 def check_uuid(value: Any, name: str, *, optional: bool = True) -> str | None:
     """A UUID (str or uuid.UUID) in canonical string form."""
     if value is None and optional:
         return None
+    if type(value) is str and _is_canonical_uuid(value):
+        return value  # the common case, without a round trip through uuid.UUID
     if isinstance(value, uuid.UUID):
         return str(value)
     if not isinstance(value, str):
@@ -114,33 +172,45 @@ def prepare_events(events: Any, serializer: Serializer) -> dict[str, list[Any]]:
         "data": [],
         "metadata": [],
     }
+    # Ids for the events that have none: random (version 4), as SPEC.md and the
+    # reference generate them.
+    new_ids = iter([str(uuid.uuid4()) for e in events if getattr(e, "event_id", None) is None])
+    event_ids, event_types = columns["event_ids"], columns["event_types"]
+    causation_ids, correlation_ids = columns["causation_ids"], columns["correlation_ids"]
+    data, metadata = columns["data"], columns["metadata"]
+    serialize = serializer.serialize
+    # Argument names (``events[3].data``) are built only for an error message.
     for i, event in enumerate(events):
-        where = f"events[{i}]"
         if not isinstance(event, EventData):
-            raise TypeError(f"{where} must be an EventData, got {type(event).__name__}")
+            raise TypeError(f"events[{i}] must be an EventData, got {type(event).__name__}")
         event_type = event.event_type
         if event_type is None:
             if isinstance(event.data, _PLAIN):
                 raise ValueError(
-                    f"{where}.event_type is required when data is not a class instance"
+                    f"events[{i}].event_type is required when data is not a class instance"
                 )
             event_type = type_name(type(event.data))
         elif not isinstance(event_type, str) or not event_type:
-            raise TypeError(f"{where}.event_type must be a non-empty str or None")
-        event_id = check_uuid(event.event_id, f"{where}.event_id") or str(uuid.uuid4())
-        columns["event_ids"].append(event_id)
-        columns["event_types"].append(event_type)
-        columns["causation_ids"].append(check_uuid(event.causation_id, f"{where}.causation_id"))
-        columns["correlation_ids"].append(
-            check_uuid(event.correlation_id, f"{where}.correlation_id")
-        )
-        columns["data"].append(_serialize(serializer, event.data, event_type, f"{where}.data"))
-        columns["metadata"].append(
-            None
-            if event.metadata is None
-            else _serialize(serializer, event.metadata, None, f"{where}.metadata")
-        )
+            raise TypeError(f"events[{i}].event_type must be a non-empty str or None")
+        event_ids.append(_event_uuid(event.event_id, i, "event_id") or next(new_ids))
+        event_types.append(event_type)
+        causation_ids.append(_event_uuid(event.causation_id, i, "causation_id"))
+        correlation_ids.append(_event_uuid(event.correlation_id, i, "correlation_id"))
+        try:
+            data.append(serialize(event.data, event_type))
+            metadata.append(None if event.metadata is None else serialize(event.metadata, None))
+        except Exception:
+            # Again, for the message naming the field that failed.
+            _serialize(serializer, event.data, event_type, f"events[{i}].data")
+            _serialize(serializer, event.metadata, None, f"events[{i}].metadata")
+            raise
     return columns
+
+
+def _event_uuid(value: Any, i: int, field: str) -> str | None:
+    if value is None or (type(value) is str and _is_canonical_uuid(value)):
+        return value
+    return check_uuid(value, f"events[{i}].{field}")
 
 
 def serialize_snapshot(snapshot: SnapshotData, serializer: Serializer) -> tuple[Any, Any]:

@@ -77,8 +77,15 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common, maintenance],
         help="drop the database (schema public) or only the schema (any other)",
     )
-    sub.add_parser(
+    init = sub.add_parser(
         "init", parents=[common, data_type], help="create the tables, functions and triggers"
+    )
+    init.add_argument(
+        "--no-foreign-keys",
+        dest="foreign_keys",
+        action="store_false",
+        help="create stream_events without its three foreign keys (faster appends; "
+        "see the README's 'which schema to pick')",
     )
     sub.add_parser("migrate", parents=[common], help="apply pending migrations")
     sub.add_parser("migrations", parents=[common], help="list migrations: applied or pending")
@@ -149,7 +156,13 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "drop":
         commands.drop(url, args.schema, args.quiet, maintenance_database=args.maintenance_db)
     elif args.command == "init":
-        commands.init(url, args.schema, args.quiet, column_data_type=args.column_data_type)
+        commands.init(
+            url,
+            args.schema,
+            args.quiet,
+            column_data_type=args.column_data_type,
+            foreign_keys=args.foreign_keys,
+        )
     elif args.command == "migrate":
         commands.migrate(url, args.schema, args.quiet)
     elif args.command == "check":

@@ -113,8 +113,11 @@ def _database_name(given: URL) -> str:
 
 
 def _check_schema(schema: str) -> None:
-    if not isinstance(schema, str) or not schema:
-        raise CommandError("the schema must be a non-empty name")
+    """The rule ``EventStore(schema=...)`` applies, as a CommandError."""
+    try:
+        _validation.check_schema(schema, "--schema")
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
 
 
 def _one_line(error: BaseException) -> str:
@@ -291,11 +294,13 @@ def init(
     quiet: bool = False,
     *,
     column_data_type: str = "bytea",
+    foreign_keys: bool = True,
 ) -> bool:
     """Create the event store's tables, functions and triggers: ``EventStore.init()``.
 
     Creates the schema too when missing. Returns True when it created the
-    event store, False when the schema already held one.
+    event store, False when the schema already held one. ``foreign_keys=False``
+    creates the variant without ``stream_events``' foreign keys.
     """
     given, url_ = _parse_url(url)
     _check_schema(schema)
@@ -304,7 +309,12 @@ def init(
     with _failures(f'cannot initialise schema "{schema}"', given):
         engine = _engine(url_)
         try:
-            with EventStore(engine, schema=schema, column_data_type=column_data_type) as store:
+            with EventStore(
+                engine,
+                schema=schema,
+                column_data_type=column_data_type,
+                foreign_keys=foreign_keys,
+            ) as store:
                 created = store.init()
         finally:
             engine.dispose()

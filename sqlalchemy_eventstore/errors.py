@@ -24,6 +24,7 @@ __all__ = [
     "TooManySubscribersError",
     "AlreadySubscribedError",
     "UnexpectedAckError",
+    "StoreTimeoutError",
 ]
 
 
@@ -118,3 +119,12 @@ class UnexpectedAckError(EventStoreError):
     """An acknowledgement named an event the subscriber was never sent."""
 
     reason = "unexpected_ack"
+
+
+class StoreTimeoutError(EventStoreError, TimeoutError):
+    """A call waited on the database longer than its ``timeout``; nothing was written.
+
+    Also a built-in :class:`TimeoutError`, so ``except TimeoutError`` catches it.
+    """
+
+    reason = "timeout"

@@ -36,6 +36,8 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "pip install 'sqlalchemy-eventstore[flask]'"
     ) from error
 
+from . import _validation as check
+from ._calls import STORE_TIMEOUT, Timeout
 from ._types import ALL_STREAM, ANY_VERSION
 from .storage.connection import ConnLike
 from .store import EventStore
@@ -54,6 +56,7 @@ CONFIG_KEYS = {
     "EVENTSTORE_ENABLE_HARD_DELETES": "enable_hard_deletes",
     "EVENTSTORE_SESSION_MODE_URL": "session_mode_url",
     "EVENTSTORE_SUBSCRIPTION_RETRY_INTERVAL": "subscription_retry_interval",
+    "EVENTSTORE_TIMEOUT": "timeout",
     "EVENTSTORE_INIT": "init",
 }
 
@@ -103,6 +106,11 @@ class FlaskEventStore:
     def __init__(
         self, app: Flask | None = None, db: SQLAlchemy | None = None, **store_options: Any
     ) -> None:
+        # The options EventStore would refuse at init_app, refused here already.
+        if "schema" in store_options:
+            check.check_schema(store_options["schema"])
+        if "timeout" in store_options:
+            check.check_timeout(store_options["timeout"])
         self.db = db
         self.store_options = store_options
         self._handlers: list[_HandlerSpec] = []
@@ -176,11 +184,17 @@ class FlaskEventStore:
     # -- writes join db.session ------------------------------------------------------
 
     def append_to_stream(
-        self, stream_uuid: str, expected_version: Any, events: Any, *, conn: ConnLike | None = None
+        self,
+        stream_uuid: str,
+        expected_version: Any,
+        events: Any,
+        *,
+        conn: ConnLike | None = None,
+        timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
         """:meth:`EventStore.append_to_stream` in ``db.session``'s transaction by default."""
         self.store.append_to_stream(
-            stream_uuid, expected_version, events, conn=self._session_or(conn)
+            stream_uuid, expected_version, events, conn=self._session_or(conn), timeout=timeout
         )
 
     def link_to_stream(
@@ -190,10 +204,15 @@ class FlaskEventStore:
         events_or_event_ids: Any,
         *,
         conn: ConnLike | None = None,
+        timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
         """:meth:`EventStore.link_to_stream` in ``db.session``'s transaction by default."""
         self.store.link_to_stream(
-            stream_uuid, expected_version, events_or_event_ids, conn=self._session_or(conn)
+            stream_uuid,
+            expected_version,
+            events_or_event_ids,
+            conn=self._session_or(conn),
+            timeout=timeout,
         )
 
     def delete_stream(
@@ -203,10 +222,11 @@ class FlaskEventStore:
         *,
         hard: bool = False,
         conn: ConnLike | None = None,
+        timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
         """:meth:`EventStore.delete_stream` in ``db.session``'s transaction by default."""
         self.store.delete_stream(
-            stream_uuid, expected_version, hard=hard, conn=self._session_or(conn)
+            stream_uuid, expected_version, hard=hard, conn=self._session_or(conn), timeout=timeout
         )
 
     # -- everything else runs on the store ---------------------------------------------

@@ -219,11 +219,16 @@ class UnsequencedRow(Base):
 ADDITION_TABLES: frozenset[str] = frozenset({"parked_events", "unsequenced"})
 
 
-def metadata_for(column_data_type: str, schema: str | None = None) -> MetaData:
+def metadata_for(
+    column_data_type: str, schema: str | None = None, *, foreign_keys: bool = True
+) -> MetaData:
     """A copy of :data:`metadata` whose data/metadata columns have the given type.
 
     ``column_data_type`` is ``"bytea"`` or ``"jsonb"``; ``schema``, when given,
-    is set on every copied table. The shared :data:`metadata` is never modified.
+    is set on every copied table. ``foreign_keys=False`` leaves out the three
+    foreign keys of ``stream_events`` (the opt-in variant without them: the
+    append statement itself guarantees what they check). The shared
+    :data:`metadata` is never modified.
     """
     if column_data_type not in ("bytea", "jsonb"):
         raise ValueError(f"column_data_type must be 'bytea' or 'jsonb', got {column_data_type!r}")
@@ -238,4 +243,10 @@ def metadata_for(column_data_type: str, schema: str | None = None) -> MetaData:
         for column in ("data", "metadata"):
             key = f"{schema}.{name}" if schema else name
             copy.tables[key].c[column].type = payload_type
+    if not foreign_keys:
+        stream_events = copy.tables[f"{schema}.stream_events" if schema else "stream_events"]
+        for constraint in list(stream_events.foreign_key_constraints):
+            stream_events.constraints.discard(constraint)
+        for fk_column in stream_events.c:
+            fk_column.foreign_keys.clear()
     return copy

@@ -99,8 +99,10 @@ def _resolve_type(name: str | None) -> type | None:
 
 
 def _to_instance(value: Any, type: str | None) -> Any:
-    cls = _resolve_type(type) if isinstance(value, Mapping) else None
-    if cls is None:
+    # The type first: a cheap string test settles most events (and all
+    # metadata) before the slower Mapping ABC check.
+    cls = _resolve_type(type)
+    if cls is None or not isinstance(value, Mapping):
         return value
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     try:

@@ -1,49 +1,44 @@
-"""The EventStore facade: validate arguments, resolve ``conn=``, delegate to storage."""
+"""The EventStore facade: construction, lifecycle, subscriptions and parked events.
+
+The storage calls (append, link, delete, reads, stream info, snapshots) are
+inherited from :class:`~._calls.StorageCalls`.
+"""
 
 from __future__ import annotations
 
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
 from . import _validation as check
+from ._calls import StorageCalls
 from ._types import (
     ALL_STREAM,
-    ANY_VERSION,
     ORIGIN,
-    STREAM_EXISTS,
-    Page,
     ParkedEvent,
     RecordedEvent,
-    SnapshotData,
-    StreamInfo,
 )
 from .errors import (
-    CannotAppendToAllStreamError,
-    CannotDeleteAllStreamError,
-    HardDeletesNotEnabledError,
     StreamDeletedError,
     StreamNotFoundError,
 )
 from .serializers import JsonbSerializer, JsonSerializer, Serializer
-from .storage import appender, parked, reader, snapshots, streams
-from .storage.connection import ConnLike, connection
+from .storage import parked
+from .storage.connection import Connector, ConnLike
 from .storage.schema import create_schema
 from .storage.sequencer import Sequencer
-from .storage.sql import SORT_COLUMNS, Statements
+from .storage.sql import Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
 from .subscriptions.options import FROM_CURRENT, persistent_options
 from .subscriptions.runner import Runner
 
 __all__ = ["EventStore"]
-
-T = TypeVar("T")
 
 #: The values of the ``global_order`` option.
 GLOBAL_ORDERS = ("lock", "sequencer")
@@ -55,24 +50,44 @@ _instances_lock = threading.Lock()
 def _engine_url(url: str | URL) -> URL:
     parsed = make_url(url)
     if parsed.drivername in ("postgres", "postgresql"):
-        # psycopg2 is the default driver; "postgres://" is the libpq/Heroku spelling.
+        # psycopg2 is the driver the package always installs; "postgres://" is
+        # the libpq/Heroku spelling. (An Engine passed in keeps the driver
+        # SQLAlchemy chose for it: psycopg 3 for "postgresql://" on 2.1.)
         parsed = parsed.set(drivername="postgresql+psycopg2")
     return parsed
 
 
-class EventStore:
+class EventStore(StorageCalls):
     """An event store on one PostgreSQL schema.
 
     ``url_or_engine`` is a database URL, or an existing ``Engine`` whose pool
     the store then shares (and does not dispose of on :meth:`close`). Every
-    operation takes ``conn=``: a ``Session`` or ``Connection`` in the caller's
-    transaction, which the operation joins without committing.
+    operation takes ``conn=``: a ``Session``, ``scoped_session`` or
+    ``Connection`` in the caller's transaction, which the operation joins
+    without committing.
+
+    ``schema`` is the Postgres schema holding the store's tables: any name
+    whose UTF-8 is at most 56 bytes (its NOTIFY channel ``"<schema>.events"``
+    must fit PostgreSQL's 63), without ``%`` and not starting with ``pg_``;
+    ValueError otherwise.
+
+    ``timeout`` (seconds; None: no limit) bounds how long each storage call
+    waits on the database -- as PostgreSQL's ``statement_timeout`` on the
+    call's statements, and, for an engine the store makes from a URL, as its
+    pool's wait for a free connection. Each call can override it with its own
+    ``timeout=``. Running out raises :class:`~.errors.StoreTimeoutError` with
+    nothing written.
 
     ``session_mode_url`` marks ``url`` as a transaction-mode pooler
     (PgBouncer): LISTEN and the advisory locks then connect there instead, and
     an engine the store makes for a psycopg 3 URL turns off psycopg's
     server-side prepared statements. An Engine passed in through such a pooler
     needs ``connect_args={"prepare_threshold": None}`` on psycopg 3.
+
+    ``foreign_keys=False`` makes :meth:`init` create ``stream_events`` without
+    its three foreign keys: appends get much faster, and the append and link
+    statements still guarantee what the keys check. It only matters to
+    ``init``; a store works on either variant whatever this says.
 
     ``global_order`` is ``"lock"`` (the reference's way: an append holds the
     ``$all`` row's lock until its transaction ends) or ``"sequencer"`` (an
@@ -91,8 +106,12 @@ class EventStore:
         session_mode_url: str | URL | None = None,
         subscription_retry_interval: float = 60.0,
         name: str | None = None,
+        timeout: float | None = 15.0,
+        foreign_keys: bool = True,
         global_order: str = "lock",
     ) -> None:
+        if not isinstance(foreign_keys, bool):
+            raise TypeError("foreign_keys must be a bool")
         if column_data_type not in ("bytea", "jsonb"):
             raise ValueError(
                 f"column_data_type must be 'bytea' or 'jsonb', got {column_data_type!r}"
@@ -113,8 +132,7 @@ class EventStore:
                 f"serializer {type(chosen).__name__} writes {serializer_type!r} but "
                 f"column_data_type is {column_data_type!r}; use a matching serializer"
             )
-        if not isinstance(schema, str) or not schema:
-            raise ValueError("schema must be a non-empty str")
+        schema = check.check_schema(schema)
         if isinstance(subscription_retry_interval, bool) or not isinstance(
             subscription_retry_interval, (int, float)
         ):
@@ -125,6 +143,7 @@ class EventStore:
             raise TypeError("name must be a str or None")
         if global_order not in GLOBAL_ORDERS:
             raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
+        self.timeout = check.check_timeout(timeout)
 
         if isinstance(url_or_engine, Engine):
             self._engine = url_or_engine
@@ -146,7 +165,9 @@ class EventStore:
                 # (PgBouncer): psycopg 3's automatic server-side prepared
                 # statements would meet server connections that never saw them.
                 connect_args["prepare_threshold"] = None
-            self._engine = create_engine(url, connect_args=connect_args)
+            # Waiting for a free pooled connection counts as waiting on the
+            # database: as long as the store's timeout (None: no limit).
+            self._engine = create_engine(url, connect_args=connect_args, pool_timeout=self.timeout)
             self._owns_engine = True
         else:
             raise TypeError(
@@ -160,10 +181,26 @@ class EventStore:
         self.session_mode_url = None if session_mode_url is None else _engine_url(session_mode_url)
         self.subscription_retry_interval = float(subscription_retry_interval)
         self.name = name
+        self.foreign_keys = foreign_keys
+        # Prepared statements cannot cross a transaction-mode pooler.
         self.global_order = global_order
-        self._sql = Statements(schema, column_data_type, global_order)
+        self._sql = Statements(
+            schema,
+            column_data_type,
+            prepare=session_mode_url is None,
+            global_order=global_order,
+        )
         # global_order="sequencer": numbers committed appends into $all.
         self._sequencer = Sequencer(self._engine, schema) if global_order == "sequencer" else None
+        # How a call's timeout reaches PostgreSQL (see storage.connection):
+        # kept on the store's own connections, set per transaction through a
+        # transaction-mode pooler, set and put back on a caller's Engine.
+        self._connector = Connector(
+            self._engine,
+            "local"
+            if self.session_mode_url is not None
+            else ("session" if self._owns_engine else "restore"),
+        )
         self._closed = False
         self._runner: Runner | None = None
         self._runner_lock = threading.Lock()
@@ -195,7 +232,9 @@ class EventStore:
         True when it created the event store, False when it already existed.
         """
         with self._engine.begin() as conn:
-            return create_schema(conn, self.schema, self.column_data_type)
+            return create_schema(
+                conn, self.schema, self.column_data_type, foreign_keys=self.foreign_keys
+            )
 
     def close(self) -> None:
         """Stop everything the store runs; dispose of its engine if it made it."""
@@ -224,307 +263,6 @@ class EventStore:
             f"<EventStore {self.name or ''} schema={self.schema!r} "
             f"url={self._engine.url.render_as_string(hide_password=True)!r}>"
         )
-
-    def _run(
-        self, conn: ConnLike | None, work: Callable[[Connection], T], *, tx: bool = False
-    ) -> T:
-        with connection(self._engine, conn, transaction=tx) as c:
-            return work(c)
-
-    def advance_all_stream(self) -> int:
-        """Number committed appends still waiting into ``$all`` (sequencer mode).
-
-        Reads of ``$all`` call this first, so they see every event committed
-        before they started. Returns the new head of ``$all``, or -1 when
-        nothing waited (and always in lock mode, where nothing waits). Runs on
-        the store's own connection, never in a caller's transaction.
-        """
-        if self._sequencer is None:
-            return -1
-        return self._sequencer.advance()
-
-    def _read_for_subscriptions(
-        self, stream_uuid: str, start_version: int, count: int
-    ) -> list[RecordedEvent]:
-        """A forward page for the subscription runner. Unlike the public reads
-        it does not wait for the sequencer (a lock-mode writer may hold ``$all``
-        for as long as its transaction lasts): the runner asks for numbering
-        on the sequencer's worker instead (:meth:`_sequence_soon`), and the
-        ``$all`` notification of each numbered batch brings it back here."""
-        return self._run(
-            None,
-            lambda c: reader.read_events(
-                c, self._sql, self.serializer, stream_uuid, start_version, count, forward=True
-            ),
-        )
-
-    def _sequence_soon(self) -> None:
-        """Number waiting appends on the sequencer's worker thread (sequencer mode)."""
-        if self._sequencer is not None:
-            self._sequencer.help_soon()
-
-    # -- writing -----------------------------------------------------------
-
-    def append_to_stream(
-        self,
-        stream_uuid: str,
-        expected_version: Any,
-        events: Any,
-        *,
-        conn: ConnLike | None = None,
-    ) -> None:
-        """Append events atomically, checking the stream's expected version."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        expected = check.check_expected_version(expected_version)
-        prepared = check.prepare_events(events, self.serializer)
-        if stream_uuid == ALL_STREAM:
-            raise CannotAppendToAllStreamError("cannot append to the $all stream")
-        self._run(conn, lambda c: appender.append(c, self._sql, stream_uuid, expected, prepared))
-        if self._sequencer is not None:
-            self._sequencer.appended(conn)
-
-    def link_to_stream(
-        self,
-        stream_uuid: str,
-        expected_version: Any,
-        events_or_event_ids: Any,
-        *,
-        conn: ConnLike | None = None,
-    ) -> None:
-        """Link already stored events (RecordedEvents or event ids) into a stream."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        expected = check.check_expected_version(expected_version)
-        event_ids = check.event_ids_to_link(events_or_event_ids)
-        if stream_uuid == ALL_STREAM:
-            raise CannotAppendToAllStreamError("cannot link events to the $all stream")
-        self._run(conn, lambda c: appender.link(c, self._sql, stream_uuid, expected, event_ids))
-
-    def delete_stream(
-        self,
-        stream_uuid: str,
-        expected_version: Any = ANY_VERSION,
-        *,
-        hard: bool = False,
-        conn: ConnLike | None = None,
-    ) -> None:
-        """Soft delete a stream, or hard delete it with its events."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        expected = check.check_expected_version(
-            expected_version, allowed=(ANY_VERSION, STREAM_EXISTS)
-        )
-        if not isinstance(hard, bool):
-            raise TypeError("hard must be a bool")
-        if stream_uuid == ALL_STREAM:
-            raise CannotDeleteAllStreamError("cannot delete the $all stream")
-        if hard and not self.enable_hard_deletes:
-            raise HardDeletesNotEnabledError(
-                "hard deletes are disabled: create the store with enable_hard_deletes=True"
-            )
-        self._run(
-            conn,
-            lambda c: streams.delete_stream(c, self._sql, stream_uuid, expected, hard=hard),
-            tx=hard,
-        )
-
-    # -- reading -----------------------------------------------------------
-
-    def _read(
-        self,
-        stream_uuid: str,
-        start_version: int,
-        count: int,
-        forward: bool,
-        conn: ConnLike | None,
-    ) -> list[RecordedEvent]:
-        if stream_uuid == ALL_STREAM:
-            self.advance_all_stream()
-        return self._run(
-            conn,
-            lambda c: reader.read_events(
-                c, self._sql, self.serializer, stream_uuid, start_version, count, forward=forward
-            ),
-        )
-
-    def read_stream_forward(
-        self,
-        stream_uuid: str,
-        start_version: int = 0,
-        count: int = 1000,
-        *,
-        conn: ConnLike | None = None,
-    ) -> list[RecordedEvent]:
-        """Up to ``count`` events of a stream from ``start_version`` on."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=0)
-        check.check_count(count)
-        return self._read(stream_uuid, start_version, count, True, conn)
-
-    def read_stream_backward(
-        self,
-        stream_uuid: str,
-        start_version: int = -1,
-        count: int = 1000,
-        *,
-        conn: ConnLike | None = None,
-    ) -> list[RecordedEvent]:
-        """Up to ``count`` events of a stream, newest first, from ``start_version``
-        down (-1: from the end)."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=-1)
-        check.check_count(count)
-        return self._read(stream_uuid, start_version, count, False, conn)
-
-    def read_all_streams_forward(
-        self, start_version: int = 0, count: int = 1000, *, conn: ConnLike | None = None
-    ) -> list[RecordedEvent]:
-        """Up to ``count`` events of ``$all`` from global position ``start_version`` on."""
-        return self.read_stream_forward(ALL_STREAM, start_version, count, conn=conn)
-
-    def read_all_streams_backward(
-        self, start_version: int = -1, count: int = 1000, *, conn: ConnLike | None = None
-    ) -> list[RecordedEvent]:
-        """Up to ``count`` events of ``$all``, newest first."""
-        return self.read_stream_backward(ALL_STREAM, start_version, count, conn=conn)
-
-    def _iterate(
-        self,
-        stream_uuid: str,
-        start_version: int,
-        read_batch_size: int,
-        forward: bool,
-        conn: ConnLike | None,
-    ) -> Iterator[RecordedEvent]:
-        # The first batch is read now, so a missing or deleted stream raises at
-        # the call, not at the first next(); later batches are read on demand.
-        batch = self._read(stream_uuid, start_version, read_batch_size, forward, conn)
-
-        def batches() -> Iterator[RecordedEvent]:
-            current = batch
-            while current:
-                yield from current
-                if len(current) < read_batch_size:
-                    return
-                following = current[-1].event_number + (1 if forward else -1)
-                if following < 1:
-                    return
-                current = self._read(stream_uuid, following, read_batch_size, forward, conn)
-
-        return batches()
-
-    def stream_forward(
-        self,
-        stream_uuid: str,
-        start_version: int = 0,
-        *,
-        read_batch_size: int = 1000,
-        conn: ConnLike | None = None,
-    ) -> Iterator[RecordedEvent]:
-        """Lazily iterate a stream's events; memory stays bounded by ``read_batch_size``."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=0)
-        check.check_int(read_batch_size, "read_batch_size", minimum=1)
-        return self._iterate(stream_uuid, start_version, read_batch_size, True, conn)
-
-    def stream_backward(
-        self,
-        stream_uuid: str,
-        start_version: int = -1,
-        *,
-        read_batch_size: int = 1000,
-        conn: ConnLike | None = None,
-    ) -> Iterator[RecordedEvent]:
-        """Lazily iterate a stream's events newest first."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=-1)
-        check.check_int(read_batch_size, "read_batch_size", minimum=1)
-        return self._iterate(stream_uuid, start_version, read_batch_size, False, conn)
-
-    def stream_all_forward(
-        self,
-        start_version: int = 0,
-        *,
-        read_batch_size: int = 1000,
-        conn: ConnLike | None = None,
-    ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` in global order."""
-        return self.stream_forward(
-            ALL_STREAM, start_version, read_batch_size=read_batch_size, conn=conn
-        )
-
-    def stream_all_backward(
-        self,
-        start_version: int = -1,
-        *,
-        read_batch_size: int = 1000,
-        conn: ConnLike | None = None,
-    ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` newest first."""
-        return self.stream_backward(
-            ALL_STREAM, start_version, read_batch_size=read_batch_size, conn=conn
-        )
-
-    def stream_info(self, stream_uuid: str, *, conn: ConnLike | None = None) -> StreamInfo:
-        """A stream's id, version, timestamps and status (``$all`` included)."""
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        if stream_uuid == ALL_STREAM:
-            self.advance_all_stream()
-        return self._run(conn, lambda c: reader.stream_info(c, self._sql, stream_uuid))
-
-    def paginate_streams(
-        self,
-        *,
-        page_size: int = 50,
-        page_number: int = 1,
-        search: str | None = None,
-        sort_by: str = "stream_id",
-        sort_dir: str = "asc",
-        conn: ConnLike | None = None,
-    ) -> Page[StreamInfo]:
-        """One page of all streams (``$all`` and soft-deleted ones included)."""
-        check.check_int(page_size, "page_size", minimum=1)
-        check.check_int(page_number, "page_number", minimum=1)
-        if search is not None and not isinstance(search, str):
-            raise TypeError(f"search must be a str or None, got {type(search).__name__}")
-        if sort_by not in SORT_COLUMNS:
-            raise ValueError(f"sort_by must be one of {', '.join(SORT_COLUMNS)}, got {sort_by!r}")
-        if not isinstance(sort_dir, str) or sort_dir.lower() not in ("asc", "desc"):
-            raise ValueError(f"sort_dir must be 'asc' or 'desc', got {sort_dir!r}")
-        return self._run(
-            conn,
-            lambda c: reader.paginate_streams(
-                c,
-                self._sql,
-                page_size=page_size,
-                page_number=page_number,
-                search=search or None,
-                sort_by=sort_by,
-                sort_dir=sort_dir,
-            ),
-        )
-
-    # -- snapshots -----------------------------------------------------------
-
-    def record_snapshot(self, snapshot: SnapshotData, *, conn: ConnLike | None = None) -> None:
-        """Record a snapshot, replacing any older one of the same source."""
-        if not isinstance(snapshot, SnapshotData):
-            raise TypeError(f"snapshot must be a SnapshotData, got {type(snapshot).__name__}")
-        check.check_stream_uuid(snapshot.source_uuid, "snapshot.source_uuid")
-        check.check_int(snapshot.source_version, "snapshot.source_version", minimum=0)
-        check.check_stream_uuid(snapshot.source_type, "snapshot.source_type")
-        data, metadata = check.serialize_snapshot(snapshot, self.serializer)
-        self._run(conn, lambda c: snapshots.record_snapshot(c, self._sql, snapshot, data, metadata))
-
-    def read_snapshot(self, source_uuid: str, *, conn: ConnLike | None = None) -> SnapshotData:
-        """The latest snapshot of ``source_uuid`` (SnapshotNotFoundError if none)."""
-        source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
-        return self._run(
-            conn, lambda c: snapshots.read_snapshot(c, self._sql, self.serializer, source_uuid)
-        )
-
-    def delete_snapshot(self, source_uuid: str, *, conn: ConnLike | None = None) -> None:
-        """Delete the snapshot of ``source_uuid``; no error when there is none."""
-        source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
-        self._run(conn, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid))
 
     # -- subscriptions -----------------------------------------------------------
 

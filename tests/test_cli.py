@@ -198,6 +198,23 @@ def test_a_schema_of_its_own(fresh_url: URL, admin_engine: Engine) -> None:
     assert database_exists(admin_engine, fresh_url.database)
 
 
+def test_init_without_foreign_keys(fresh_url: URL) -> None:
+    url = url_text(fresh_url)
+    assert_ok(run("create", "--url", url))
+    assert_ok(run("init", "--url", url, "--no-foreign-keys"))
+    engine = engine_on(fresh_url)
+    try:
+        with engine.connect() as conn:
+            kinds = conn.exec_driver_sql(
+                "SELECT contype FROM pg_constraint "
+                "WHERE conrelid = 'public.stream_events'::regclass"
+            ).all()
+        assert sorted(k for (k,) in kinds if k != "n") == ["p"]
+    finally:
+        engine.dispose()
+    append_and_read(fresh_url)
+
+
 def test_concurrent_migrate_applies_each_step_once(initialised_url: URL) -> None:
     engine = engine_on(initialised_url)
     try:

@@ -28,8 +28,6 @@ from sqlalchemy_eventstore.errors import (
     WrongExpectedVersionError,
 )
 
-from .global_order import global_order  # noqa: F401  (both global orders)
-
 
 def make_events(count: int, tag: str = "e") -> list[EventData]:
     return [EventData("TestEvent", {"tag": tag, "n": n}) for n in range(1, count + 1)]

@@ -23,7 +23,10 @@ def run_example(database_url: URL, admin_engine: Engine) -> Iterator[Callable[[s
 
     def run(name: str, schema: str) -> str:
         schemas.append(schema)
-        env = dict(os.environ, DATABASE_URL=database_url.render_as_string(hide_password=False))
+        # A plain postgresql:// URL, as the docs print it: SQLAlchemy then picks
+        # the driver (psycopg 3 on 2.1, psycopg2 on 2.0) for Flask-SQLAlchemy.
+        plain = database_url.set(drivername="postgresql")
+        env = dict(os.environ, DATABASE_URL=plain.render_as_string(hide_password=False))
         result = subprocess.run(
             [sys.executable, str(EXAMPLES / f"{name}.py")],
             env=env,

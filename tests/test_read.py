@@ -15,8 +15,6 @@ from sqlalchemy import event
 from sqlalchemy_eventstore import ANY_VERSION, EventData, RecordedEvent
 from sqlalchemy_eventstore.errors import StreamDeletedError, StreamNotFoundError
 
-from .global_order import global_order  # noqa: F401  (both global orders)
-
 
 def make_events(count: int, first: int = 1) -> list[EventData]:
     return [
@@ -57,8 +55,16 @@ class StatementLog:
         self.statements.append((statement, parameters))
 
     def reads(self) -> list[object]:
-        """Parameters of the event-reading statements (one per round trip)."""
-        return [params for sql, params in self.statements if "stream_events" in sql]
+        """Parameters of the event-reading statements (one per round trip).
+
+        On psycopg2 a page read runs as ``EXECUTE`` of a statement prepared
+        once per connection (a ``PREPARE`` without parameters, not counted).
+        """
+        return [
+            params
+            for sql, params in self.statements
+            if params and ("stream_events" in sql or sql.startswith("EXECUTE eventstore_"))
+        ]
 
     def __enter__(self):
         event.listen(self.engine, "before_cursor_execute", self)

@@ -328,6 +328,60 @@ def test_constraints_match_the_reference(store, admin_engine):
     assert constraints == EXPECTED_CONSTRAINTS | ADDITION_CONSTRAINTS
 
 
+FOREIGN_KEYS = {
+    c for c in EXPECTED_CONSTRAINTS if c[0] == "stream_events" and c[2].startswith("FOREIGN KEY")
+}
+
+
+def test_variant_without_foreign_keys_differs_only_by_them(make_store, admin_engine, driver):
+    store = make_store(driver=driver, foreign_keys=False)
+    constraints = catalog_rows(
+        admin_engine,
+        store.schema,
+        "SELECT c.relname, k.conname, pg_get_constraintdef(k.oid) "
+        "FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = :schema AND k.contype <> 'n'",
+    )
+    indexes = catalog_rows(
+        admin_engine,
+        store.schema,
+        "SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = :schema",
+    )
+    assert len(FOREIGN_KEYS) == 3
+    assert constraints == (EXPECTED_CONSTRAINTS | ADDITION_CONSTRAINTS) - FOREIGN_KEYS
+    assert indexes == EXPECTED_INDEXES | ADDITION_INDEXES
+
+
+def test_variant_without_foreign_keys_takes_the_reference_writes(make_store, admin_engine):
+    """Rows written the reference's way (events, then stream_events, then streams)."""
+    store = make_store(foreign_keys=False)
+    store.append_to_stream("mine", 0, [EventData("Mine", {"n": 1})])
+    s = f'"{store.schema}"'
+    event_id = str(uuid.uuid4())
+    with admin_engine.begin() as conn:
+        conn.exec_driver_sql(
+            f"INSERT INTO {s}.streams (stream_uuid, stream_version) VALUES ('theirs', 1)"
+        )
+        conn.exec_driver_sql(
+            f"INSERT INTO {s}.events (event_id, event_type, data) "
+            f"VALUES ('{event_id}', 'Theirs', convert_to('{{\"n\": 2}}', 'UTF8'))"
+        )
+        conn.exec_driver_sql(
+            f"INSERT INTO {s}.stream_events (event_id, stream_id, stream_version, "
+            f"original_stream_id, original_stream_version) "
+            f"SELECT CAST('{event_id}' AS uuid), stream_id, 1, stream_id, 1 FROM {s}.streams "
+            f"WHERE stream_uuid = 'theirs' UNION ALL "
+            f"SELECT CAST('{event_id}' AS uuid), 0, 2, stream_id, 1 FROM {s}.streams "
+            f"WHERE stream_uuid = 'theirs'"
+        )
+        conn.exec_driver_sql(f"UPDATE {s}.streams SET stream_version = 2 WHERE stream_id = 0")
+    events = store.read_all_streams_forward()
+    assert [(e.stream_uuid, e.data) for e in events] == [("mine", {"n": 1}), ("theirs", {"n": 2})]
+    store.append_to_stream("theirs", 1, [EventData("Mine", {"n": 3})])
+    assert [e.event_number for e in store.read_stream_forward("theirs")] == [1, 2]
+
+
 def test_triggers_and_functions_match_the_reference(store, admin_engine):
     triggers = catalog_rows(
         admin_engine,

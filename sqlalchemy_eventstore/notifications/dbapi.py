@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.engine import URL
 
-__all__ = ["Connection", "opener"]
+__all__ = ["Connection", "driver_of", "opener"]
 
 # libpq options for noticing a dead peer. Keepalives cover an idle socket;
 # tcp_user_timeout (libpq >= 12) covers the idle check's SELECT 1 waiting on a
@@ -119,53 +119,88 @@ def _named(wrapped: Connection, conn: Any, application_name: str) -> Connection:
     return wrapped
 
 
-def opener(
-    url: URL, application_name: str, creator: Callable[[], Any] | None = None
-) -> Callable[[], Connection]:
-    """A function opening a connection to ``url`` with the driver it names.
+_WRAPPERS: dict[str, Callable[[dict[str, Any], Any], Connection]] = {
+    "psycopg2": _Psycopg2Connection,
+    "psycopg": _PsycopgConnection,
+}
 
-    The keyword arguments come from SQLAlchemy's own dialect, so the listener
-    connects exactly as an engine on the same URL would (``?host=/socket/dir``,
-    several hosts, sslmode and other query options included). With ``creator``
-    (a function returning a new DBAPI connection, e.g. one made by the
-    caller's Engine with its ``connect_args``), connections come from it instead.
-    """
-    if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
-        url = url.set(drivername="postgresql+psycopg2")
-    elif url.drivername != "postgresql+psycopg":
+
+def driver_of(url: URL) -> str:
+    """The DBAPI driver SQLAlchemy uses for ``url``: the one it names, else the
+    dialect's default (psycopg2 on SQLAlchemy 2.0, psycopg 3 on 2.1 for a
+    plain ``postgresql://``)."""
+    if url.drivername == "postgres":  # libpq's spelling, unknown to SQLAlchemy 2
+        return "psycopg2"
+    driver: str = url.get_dialect().driver
+    return driver
+
+
+def _wrapper(driver: str) -> Callable[[dict[str, Any], Any], Connection]:
+    try:
+        return _WRAPPERS[driver]
+    except KeyError:
         raise ValueError(
-            "the listener needs a postgresql+psycopg2 or postgresql+psycopg URL, "
-            f"got drivername {url.drivername!r}"
-        )
-    _, params = url.get_dialect()().create_connect_args(url)
-    params = dict(params)
-    params["application_name"] = application_name  # how pg_stat_activity shows the listener
-    params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
-    for key, value in _KEEPALIVES.items():
-        params.setdefault(key, value)
+            "the listener needs a postgresql+psycopg2 or postgresql+psycopg URL "
+            f"(or engine), got driver {driver!r}"
+        ) from None
 
+
+def _driver_of_connection(conn: Any) -> str:
+    """``psycopg2`` or ``psycopg``: the package a DBAPI connection comes from."""
+    return type(conn).__module__.partition(".")[0]
+
+
+def opener(
+    url: URL,
+    application_name: str,
+    creator: Callable[[], Any] | None = None,
+    driver: str | None = None,
+) -> Callable[[], Connection]:
+    """A function opening a connection to ``url`` for the listener.
+
+    ``driver`` (an engine's ``dialect.driver``) says which DBAPI to use;
+    left out, the one SQLAlchemy picks for ``url`` (:func:`driver_of`) --
+    never guessed from the URL's spelling, since a plain ``postgresql://``
+    means psycopg2 on SQLAlchemy 2.0 and psycopg 3 on 2.1. The keyword
+    arguments come from SQLAlchemy's own dialect, so the listener connects
+    exactly as an engine on the same URL would (``?host=/socket/dir``,
+    several hosts, sslmode and other query options included). With
+    ``creator`` (a function returning a new DBAPI connection, e.g. one made
+    by the caller's Engine with its ``connect_args``), connections come from
+    it instead, each wrapped for the driver it actually is.
+    """
     if creator is not None:
-        wrap = _PsycopgConnection if url.drivername == "postgresql+psycopg" else _Psycopg2Connection
 
         def adopt() -> Connection:
             conn = creator()
             try:
-                return _named(wrap({}, conn), conn, application_name)
+                wrapped = _wrapper(_driver_of_connection(conn))({}, conn)
+                return _named(wrapped, conn, application_name)
             except BaseException:
                 conn.close()
                 raise
 
         return adopt
 
-    if url.drivername == "postgresql+psycopg":
+    chosen = driver if driver is not None else driver_of(url)
+    wrap = _wrapper(chosen)
+    url = url.set(drivername=f"postgresql+{chosen}")
+    _, params = url.get_dialect()().create_connect_args(url)
+    params = dict(params)
+    params["application_name"] = application_name  # how pg_stat_activity shows the listener
+    params.setdefault("connect_timeout", _CONNECT_TIMEOUT_S)
+    for key, value in _KEEPALIVES.items():
+        params.setdefault(key, value)
+    if _libpq_version(chosen) >= 120000:
+        params.setdefault("tcp_user_timeout", _TCP_USER_TIMEOUT_MS)
+    return lambda: wrap(params, None)
+
+
+def _libpq_version(driver: str) -> int:
+    if driver == "psycopg":
         import psycopg
 
-        if psycopg.pq.version() >= 120000:
-            params.setdefault("tcp_user_timeout", _TCP_USER_TIMEOUT_MS)
-        return lambda: _PsycopgConnection(params)
-
+        return psycopg.pq.version()
     import psycopg2
 
-    if psycopg2.__libpq_version__ >= 120000:
-        params.setdefault("tcp_user_timeout", _TCP_USER_TIMEOUT_MS)
-    return lambda: _Psycopg2Connection(params)
+    return int(psycopg2.__libpq_version__)

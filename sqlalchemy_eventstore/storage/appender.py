@@ -18,6 +18,7 @@ from ..errors import (
     WrongExpectedVersionError,
 )
 from .connection import translate_db_error
+from .prepared import Prepared
 from .sql import Statements
 
 __all__ = ["PreparedEvents", "append", "link"]
@@ -73,9 +74,13 @@ def check_expected_version(
     )
 
 
-def _execute(conn: Connection, sql: str, params: dict[str, Any]) -> Any:
+def _execute(
+    conn: Connection, sql: str | Prepared, params: dict[str, Any], *, prepare: bool = False
+) -> Any:
     """The statement's row (None when it returned none), database errors translated."""
     try:
+        if isinstance(sql, Prepared):
+            return sql.run(conn, params, prepare=prepare).first()
         return conn.exec_driver_sql(sql, params).first()
     except DBAPIError as error:
         translated = translate_db_error(error)
@@ -94,7 +99,7 @@ def append(
     """Append prepared events in one statement; returns the stream's new version."""
     count = len(events["event_ids"])
     versions = _version_params(expected)
-    statement = sql.append if versions["may_create"] else sql.append_existing
+    statement = sql.prepared_append if versions["may_create"] else sql.prepared_append_existing
     params = {
         "stream_uuid": stream_uuid,
         "count": count,
@@ -102,7 +107,7 @@ def append(
         **events,
     }
     for _attempt in range(2):
-        row = _execute(conn, statement, params)
+        row = _execute(conn, statement, params, prepare=sql.prepare)
         if row is not None:
             return int(row[1]) + count
         # Nothing written. Either the expected version does not hold, or the

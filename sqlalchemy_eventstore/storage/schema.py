@@ -73,20 +73,23 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def table_ddl(schema: str, column_data_type: str) -> list[str]:
+def table_ddl(schema: str, column_data_type: str, *, foreign_keys: bool = True) -> list[str]:
     """``CREATE TABLE``/``CREATE INDEX`` of the models, inside ``schema``.
 
     The statements ``metadata.create_all()`` would send, compiled once for
     PostgreSQL so that they can also be printed (Alembic's ``--sql`` mode).
+    ``foreign_keys=False``: the variant without ``stream_events``' foreign keys.
     """
-    return _create_tables(schema, column_data_type, additions=False)
+    return _create_tables(schema, column_data_type, additions=False, foreign_keys=foreign_keys)
 
 
-def _create_tables(schema: str, column_data_type: str, *, additions: bool) -> list[str]:
+def _create_tables(
+    schema: str, column_data_type: str, *, additions: bool, foreign_keys: bool = True
+) -> list[str]:
     """The reference's tables (``additions`` False) or this package's own (True)."""
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     statements: list[str] = []
-    for table in metadata_for(column_data_type, schema).sorted_tables:
+    for table in metadata_for(column_data_type, schema, foreign_keys=foreign_keys).sorted_tables:
         if (table.name in ADDITION_TABLES) != additions:
             continue
         create = CreateTable(table, if_not_exists=additions)
@@ -269,11 +272,11 @@ def function_and_trigger_ddl(schema: str) -> list[str]:
     ]
 
 
-def schema_ddl(schema: str, column_data_type: str) -> list[str]:
+def schema_ddl(schema: str, column_data_type: str, *, foreign_keys: bool = True) -> list[str]:
     """Every statement that creates an event store in ``schema``, in order."""
     return [
         f"CREATE SCHEMA IF NOT EXISTS {quote_ident(schema)}",
-        *table_ddl(schema, column_data_type),
+        *table_ddl(schema, column_data_type, foreign_keys=foreign_keys),
         *function_and_trigger_ddl(schema),
     ]
 
@@ -356,7 +359,12 @@ def add_additions(conn: Connection, schema: str) -> bool:
 
 
 def create_schema(
-    conn: Connection, schema: str, column_data_type: str, *, additions: bool = True
+    conn: Connection,
+    schema: str,
+    column_data_type: str,
+    *,
+    additions: bool = True,
+    foreign_keys: bool = True,
 ) -> bool:
     """Create the schema and all its objects unless present; True if created.
 
@@ -371,7 +379,7 @@ def create_schema(
     lock_schema_changes(conn)
     created = False
     if not schema_exists(conn, schema):
-        for statement in schema_ddl(schema, column_data_type):
+        for statement in schema_ddl(schema, column_data_type, foreign_keys=foreign_keys):
             conn.exec_driver_sql(statement)
         created = True
     if additions:

@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session
 
-from .connection import ConnLike, connection
+from .connection import ConnLike, connection, resolve_conn
 from .schema import quote_ident
 from .sequencer_sql import BUSY, EMPTY
 
@@ -106,6 +106,8 @@ class Sequencer:
 
     def appended(self, conn: ConnLike | None) -> None:
         """An append was written on ``conn``: sequence once it is committed."""
+        if conn is not None:
+            conn = resolve_conn(conn)  # a scoped_session's current Session
         if conn is None:
             self.help_quietly()
         elif isinstance(conn, Session):

@@ -9,6 +9,7 @@ is one statement whatever its size, with no bind-parameter ceiling.
 
 from __future__ import annotations
 
+from .prepared import Prepared
 from .schema import quote_ident
 
 __all__ = ["Statements", "SORT_COLUMNS"]
@@ -228,19 +229,46 @@ def _read(s: str, direction: str) -> str:
     cmp, order = (">=", "ASC") if direction == "forward" else ("<=", "DESC")
     # One round trip: the stream row (absent -> not found; deleted_at -> deleted)
     # with its page of events joined laterally, in stream order.
+    #
+    # The plan must cost O(page) at any position, with or without statistics.
+    # So the page is taken from stream_events alone -- a range scan of
+    # ix_stream_events (stream_id, stream_version) in index order, stopped by the
+    # LIMIT -- and only those rows are then joined to events and to their
+    # original stream, one primary-key lookup each (LATERAL ... OFFSET 0 keeps
+    # the planner from flattening them into a hash join). Two traps avoided:
+    # - joining before the LIMIT lets the planner sort every row from `start`
+    #   on, whenever it underestimates the stream's rows (it judges a stream_id
+    #   known only at run time by the column's distinct count: 1/streams);
+    # - a LIMIT it can read as a constant lets it pick "bitmap scan + sort" when
+    #   it estimates fewer matching rows than the limit. `LIMIT (SELECT n)` is
+    #   an init-plan value, so the planner assumes a small fraction of the rows
+    #   is wanted and keeps the ordered index scan.
+    # The nested loops keep the index order, so the ORDER BY costs no sort.
     return f"""
 SELECT t.stream_id AS target_id, t.deleted_at IS NOT NULL AS deleted, x.*
 FROM {s}.streams t
 LEFT JOIN LATERAL (
     SELECT {_EVENT_COLUMNS}
-    FROM {s}.stream_events se
-    JOIN {s}.streams os ON os.stream_id = se.original_stream_id
-    JOIN {s}.events e ON e.event_id = se.event_id
-    WHERE se.stream_id = t.stream_id
-      AND t.deleted_at IS NULL
-      AND se.stream_version {cmp} %(start)s
+    FROM (
+        SELECT se.stream_version, se.event_id,
+               se.original_stream_id, se.original_stream_version
+        FROM {s}.stream_events se
+        WHERE se.stream_id = t.stream_id
+          AND t.deleted_at IS NULL
+          AND se.stream_version {cmp} %(start)s
+        ORDER BY se.stream_version {order}
+        LIMIT (SELECT CAST(%(count)s AS bigint))
+    ) se
+    CROSS JOIN LATERAL (
+        SELECT e.event_id, e.event_type, e.data, e.metadata,
+               e.causation_id, e.correlation_id, e.created_at
+        FROM {s}.events e WHERE e.event_id = se.event_id OFFSET 0
+    ) e
+    CROSS JOIN LATERAL (
+        SELECT os.stream_uuid FROM {s}.streams os
+        WHERE os.stream_id = se.original_stream_id OFFSET 0
+    ) os
     ORDER BY se.stream_version {order}
-    LIMIT %(count)s
 ) x ON true
 WHERE t.stream_uuid = %(stream_uuid)s
 """
@@ -264,11 +292,26 @@ LEFT JOIN LATERAL (
 
 
 class Statements:
-    """Every statement of one store, for its schema and column data type."""
+    """Every statement of one store, for its schema and column data type.
 
-    def __init__(self, schema: str, column_data_type: str, global_order: str = "lock") -> None:
+    ``prepare``: run the hot statements (appends, page reads) as server-side
+    prepared statements on psycopg2 (see :mod:`.prepared`); False behind a
+    transaction-mode pooler. ``global_order``: "lock" (appends number $all
+    themselves) or "sequencer" (appends wait in the queue; see
+    :mod:`.sequencer_sql`).
+    """
+
+    def __init__(
+        self,
+        schema: str,
+        column_data_type: str,
+        *,
+        prepare: bool = False,
+        global_order: str = "lock",
+    ) -> None:
         self.schema = schema
         self.column_data_type = column_data_type
+        self.prepare = prepare
         s = quote_ident(schema)
         sequenced = global_order == "sequencer"
         self.append = _append(s, self.column_data_type, sequenced=sequenced)
@@ -278,6 +321,23 @@ class Statements:
         self.link = _link(s)
         self.read_forward = _read(s, "forward")
         self.read_backward = _read(s, "backward")
+        payload = f"{column_data_type}[]"
+        append_types = {
+            "stream_uuid": "text",
+            "count": "bigint",
+            "expected": "bigint",
+            "event_ids": "uuid[]",
+            "event_types": "text[]",
+            "causation_ids": "uuid[]",
+            "correlation_ids": "uuid[]",
+            "data": payload,
+            "metadata": payload,
+        }
+        read_types = {"stream_uuid": "text", "start": "bigint", "count": "bigint"}
+        self.prepared_append = Prepared(self.append, append_types)
+        self.prepared_append_existing = Prepared(self.append_existing, append_types)
+        self.prepared_read_forward = Prepared(self.read_forward, read_types)
+        self.prepared_read_backward = Prepared(self.read_backward, read_types)
         self.stream_info = f"""SELECT stream_id, stream_uuid, stream_version, created_at, deleted_at
                 FROM {s}.streams WHERE stream_uuid = %(stream_uuid)s"""
         self.paginate = {

@@ -52,9 +52,10 @@ def delete_stream(
                 conn.exec_driver_sql(sql.drop_waiting, {"stream_id": locked[0]})
         previous = conn.exec_driver_sql(sql.current_hard_deletes).scalar()
         conn.exec_driver_sql(sql.enable_hard_deletes, {"value": "on"})
-        try:
-            row = conn.exec_driver_sql(sql.hard_delete, params).one()
-        finally:
-            conn.exec_driver_sql(sql.enable_hard_deletes, {"value": previous or ""})
+        # Put back after success only: a failed statement aborts the
+        # transaction, which accepts nothing more, and whose rollback undoes
+        # the transaction-local setting anyway.
+        row = conn.exec_driver_sql(sql.hard_delete, params).one()
+        conn.exec_driver_sql(sql.enable_hard_deletes, {"value": previous or ""})
     if row[0] is None:
         _raise_failure(stream_uuid, expected, row)
