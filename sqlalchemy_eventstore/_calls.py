@@ -99,21 +99,6 @@ class StorageCalls:
             return -1
         return self._sequencer.advance()
 
-    def _read_for_subscriptions(
-        self, stream_uuid: str, start_version: int, count: int
-    ) -> list[RecordedEvent]:
-        """A forward page for the subscription runner. Unlike the public reads
-        it does not wait for the sequencer (a lock-mode writer may hold ``$all``
-        for as long as its transaction lasts): the runner asks for numbering
-        on the sequencer's worker instead (:meth:`_sequence_soon`), and the
-        ``$all`` notification of each numbered batch brings it back here."""
-        return self._run(
-            None,
-            lambda c: reader.read_events(
-                c, self._sql, self.serializer, stream_uuid, start_version, count, forward=True
-            ),
-        )
-
     def _sequence_soon(self) -> None:
         """Number waiting appends on the sequencer's worker thread (sequencer mode)."""
         if self._sequencer is not None:
