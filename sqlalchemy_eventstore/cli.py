@@ -2,7 +2,7 @@
 
 Usage: ``eventstore COMMAND [--url URL] [--schema NAME] [--quiet]`` where
 COMMAND is one of the reference's ``create``, ``drop``, ``init``, ``migrate``,
-``migrations``, or the operator's ``status``, ``tail [STREAM]``,
+``migrations``, ``check``, or the operator's ``status``, ``tail [STREAM]``,
 ``subscriptions [list|reset|delete]`` and ``parked {list,replay,discard}``;
 ``--url`` defaults to ``$EVENTSTORE_URL``; ``eventstore --version``. Exit
 status 0 on success; on failure one line ``FAILED: <message>`` on stderr and a
@@ -128,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
         "migrations",
         parents=[common],
         help="list migrations: applied or pending (--quiet: the bare list, for scripts)",
+    )
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="verify $all and the streams: no holes, every event linked once (exit 1 if not)",
+    )
+    check.add_argument(
+        "--allow-holes",
+        action="store_true",
+        help="accept holes in $all (left by hard deletes)",
     )
     _add_parked(sub, common)
     _add_operate(sub, common)
@@ -312,6 +322,8 @@ def _run(args: argparse.Namespace) -> None:
         )
     elif args.command == "migrate":
         commands.migrate(url, args.schema, args.quiet)
+    elif args.command == "check":
+        commands.check(url, args.schema, args.quiet, allow_holes=args.allow_holes)
     elif args.command == "parked":
         _run_parked(url, args)
     else:

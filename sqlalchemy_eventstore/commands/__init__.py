@@ -2,6 +2,7 @@
 
 - :mod:`.schema`: the reference's mix tasks -- ``create``, ``drop``, ``init``,
   ``migrate``, ``migrations``;
+- :mod:`.check`: ``check``, the schema's invariants;
 - :mod:`.parked`: a subscription's parked events -- ``parked_list``,
   ``parked_replay``, ``parked_discard``;
 - :mod:`.operate`: running a store -- ``status``, ``tail``,
@@ -17,6 +18,7 @@ hidden -- for every failure. The ``eventstore`` console command
 from __future__ import annotations
 
 from ._common import CommandError
+from .check import CheckReport, check
 from .operate import (
     status,
     subscription_delete,
@@ -28,8 +30,10 @@ from .parked import parked_discard, parked_list, parked_replay
 from .schema import MigrationStatus, create, drop, init, migrate, migrations
 
 __all__ = [
+    "CheckReport",
     "CommandError",
     "MigrationStatus",
+    "check",
     "create",
     "drop",
     "init",
