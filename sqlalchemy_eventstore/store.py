@@ -28,7 +28,6 @@ from .errors import (
     StreamNotFoundError,
 )
 from .serializers import JsonbSerializer, JsonSerializer, Serializer
-from .storage import parked
 from .storage.connection import Connector, ConnLike
 from .storage.schema import create_schema
 from .storage.sql import Statements
@@ -346,14 +345,7 @@ class EventStore(StorageCalls):
         conn: ConnLike | None = None,
     ) -> list[ParkedEvent]:
         """The subscription's parked events, in event order ([] for an unknown one)."""
-        name = check.check_stream_uuid(subscription_name, "subscription_name")
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        return self._run(
-            conn,
-            lambda c: parked.list_parked(
-                c, self.schema, self.column_data_type, self.serializer, stream_uuid, name
-            ),
-        )
+        return self._call(conn, self._parked_events_call(subscription_name, stream_uuid))
 
     def replay_parked(
         self,
@@ -369,14 +361,8 @@ class EventStore(StorageCalls):
         it is live (it is notified), else when it next starts -- and removes
         each once acked. Returns how many were queued.
         """
-        name = check.check_stream_uuid(subscription_name, "subscription_name")
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        numbers = check.check_event_numbers(event_numbers)
-        return self._run(
-            conn,
-            lambda c: parked.request_replay(c, self.schema, stream_uuid, name, numbers),
-            tx=True,
-        )
+        call = self._change_parked_call("replay", subscription_name, stream_uuid, event_numbers)
+        return self._call(conn, call)
 
     def discard_parked(
         self,
@@ -388,11 +374,5 @@ class EventStore(StorageCalls):
     ) -> int:
         """Remove parked events (all, or those numbered) without delivering them;
         how many were removed."""
-        name = check.check_stream_uuid(subscription_name, "subscription_name")
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        numbers = check.check_event_numbers(event_numbers)
-        return self._run(
-            conn,
-            lambda c: parked.discard(c, self.schema, stream_uuid, name, numbers),
-            tx=True,
-        )
+        call = self._change_parked_call("discard", subscription_name, stream_uuid, event_numbers)
+        return self._call(conn, call)
