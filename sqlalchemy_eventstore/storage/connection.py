@@ -240,7 +240,7 @@ def _constraint(error: DBAPIError) -> str | None:
     if diag is not None:  # psycopg2, psycopg 3
         return getattr(diag, "constraint_name", None)
     # asyncpg, behind SQLAlchemy's adapter: the driver's own exception.
-    return getattr(error.orig.__cause__, "constraint_name", None)
+    return getattr(getattr(error.orig, "__cause__", None), "constraint_name", None)
 
 
 def translate_db_error(error: DBAPIError) -> Exception | None:
