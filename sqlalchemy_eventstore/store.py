@@ -35,6 +35,7 @@ from .storage.sql import Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
 from .subscriptions.options import FROM_CURRENT, persistent_options
+from .subscriptions.reading import Backend
 from .subscriptions.runner import Runner
 
 __all__ = ["EventStore"]
@@ -212,8 +213,33 @@ class EventStore(StorageCalls):
             if self._closed:
                 raise RuntimeError("the event store is closed")
             if self._runner is None:
-                self._runner = Runner(self)
+                self._runner = Runner(self._subscription_backend())
             return self._runner
+
+    def _subscription_backend(self) -> Backend:
+        """What the subscriptions need of the store, and nothing more."""
+        # LISTEN and the advisory locks need sessions of their own: on the
+        # session_mode_url when given (PgBouncer), else like the store's
+        # engine -- made by that engine itself when it is the caller's, so its
+        # connect_args or creator (SSL options, say) apply to them too.
+        creator: Callable[[], Any] | None = None
+        if self.session_mode_url is None and not self._owns_engine:
+            engine = self._engine
+
+            def creator() -> Any:
+                pooled = engine.raw_connection()
+                pooled.detach()  # from now on closing it closes the connection itself
+                return pooled.dbapi_connection
+
+        return Backend(
+            engine=self._engine,
+            schema=self.schema,
+            statements=self._sql,
+            serializer=self.serializer,
+            session_url=self.session_mode_url or self._engine.url,
+            session_creator=creator,
+            retry_interval=self.subscription_retry_interval,
+        )
 
     def subscribe(
         self,
@@ -246,9 +272,14 @@ class EventStore(StorageCalls):
         checkpoint_after: float | None = None,
         partition_by: Callable[[RecordedEvent], Any] | None = None,
         transient: bool = False,
+        max_retries: int | None = None,
     ) -> Subscription:
         """A persistent subscription: at-least-once delivery from the last
-        acknowledged event, one instance across all processes."""
+        acknowledged event, one instance across all processes.
+
+        ``max_retries``: after that many retries of an event that user code
+        (or the serializer) fails on, the event is parked and the
+        subscription carries on (None: retry without end)."""
         stream_uuid = check.check_stream_uuid(stream_uuid)
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         options = persistent_options(
@@ -263,6 +294,7 @@ class EventStore(StorageCalls):
             checkpoint_after=checkpoint_after,
             partition_by=partition_by,
             transient=transient,
+            max_retries=max_retries,
         )
         if options.start_from == FROM_CURRENT:
             try:
@@ -289,7 +321,10 @@ class EventStore(StorageCalls):
         self.unsubscribe_from_stream(ALL_STREAM, subscription_name)
 
     def delete_subscription(self, stream_uuid: str, subscription_name: str) -> None:
-        """Stop any live subscriber here and delete the subscription's checkpoint."""
+        """Stop any live subscriber here and delete the subscription's checkpoint.
+
+        A process elsewhere running it finds its row gone within a lock check
+        (half a second) and stops its subscribers too."""
         self.unsubscribe_from_stream(stream_uuid, subscription_name)
         with self._engine.begin() as conn:
             delete_subscription_row(conn, self.schema, stream_uuid, subscription_name)

@@ -275,8 +275,8 @@ class StreamSubscriptionContract:
     name = "test_subscription"
 
     @pytest.fixture
-    def es(self, make_store: Callable[..., EventStore]) -> EventStore:
-        store = make_store()
+    def es(self, make_store: Callable[..., EventStore], driver: str) -> EventStore:
+        store = make_store(driver=driver)  # the contract holds on psycopg2 and psycopg
         self.stream_uuid = new_id()
         if not self.all_streams:
             append(store, new_id(), 3)  # another stream first

@@ -96,6 +96,17 @@ class GateProxy:
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
 
+    def cut_connection(self, index: int) -> None:
+        """Cut the ``index``-th connection accepted (0: the first) alone and
+        refuse new ones until :meth:`restore`; the others stay up."""
+        self._open.clear()
+        with self._lock:
+            pair = self._sockets[2 * index : 2 * index + 2]
+        for sock in pair:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
     def restore(self) -> None:
         self._open.set()
 

@@ -37,7 +37,7 @@ def make(**options) -> SubscriptionState:
 
 
 def numbers(batches) -> dict:
-    return {slot.key: [e.event_number for e in batch] for slot, batch in batches}
+    return {d.slot.key: [e.event_number for e in d.events] for d in batches}
 
 
 def test_reads_until_a_short_page_then_takes_live_events():
@@ -162,3 +162,52 @@ def test_status_follows_catch_up_and_back_pressure():
     state.dispatch()
     state.ack("a", 2)
     assert state.status == "subscribed"
+
+
+def test_a_batch_is_acked_by_its_last_event_in_sending_order():
+    state = make(buffer_size=2, partition_by=lambda e: e.stream_uuid)
+    state.add_subscriber("a")
+    state.add_subscriber("b")
+    state.receive_read([event(1, "x"), event(2, "y")], 10)
+    assert numbers(state.dispatch()) == {"a": [1], "b": [2]}
+    state.receive_read([event(3, "x")], 10)
+    assert numbers(state.dispatch()) == {"a": [3]}
+    state.ack("b", 2)
+    state.receive_read([event(4, "z")], 10)
+    assert numbers(state.dispatch()) == {"b": [4]}
+    # a leaves: 1 and 3 go first to b, after 4 in b's sending order.
+    state.remove_subscriber("a")
+    assert numbers(state.dispatch()) == {"b": [1]}
+    state.ack("b", 1)  # covers 4, sent to b before 1
+    assert state.checkpoint == 2
+    assert numbers(state.dispatch()) == {"b": [3]}
+    state.ack("b", 3)
+    assert state.checkpoint == 4
+
+
+def test_bookkeeping_is_bounded_by_pending_events_not_by_filtered_ones():
+    state = make(buffer_size=1, max_size=1000, selector=lambda e: e.event_number % 1000 == 1)
+    state.add_subscriber("a")
+    for start in range(1, 100_001, 1000):
+        state.receive_read([event(n) for n in range(start, start + 1000)], 1000)
+        state.dispatch()
+    assert state.last_received == 100_000
+    assert state.checkpoint == 0  # event 1 is in flight, unacked
+    assert state.bookkeeping_size <= 101  # the selected events, not 100,000
+    state.ack("a", 1)
+    assert state.checkpoint == 1000
+
+
+def test_bookkeeping_is_bounded_while_an_old_event_stays_unacked():
+    state = make(buffer_size=1, max_size=1000)
+    state.add_subscriber("stuck")
+    state.add_subscriber("busy", buffer_size=1000)
+    for start in range(1, 50_001, 1000):
+        state.receive_read([event(n) for n in range(start, start + 1000)], 1000)
+        for batch in state.dispatch():
+            if batch.slot.key == "busy":
+                state.ack("busy", batch.events[-1].event_number)
+    assert state.checkpoint == 0  # event 1 is in flight to "stuck", unacked
+    assert state.bookkeeping_size <= 200  # not one entry per event acked since
+    state.ack("stuck", 1)
+    assert state.checkpoint == 50_000

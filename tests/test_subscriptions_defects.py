@@ -92,7 +92,12 @@ def test_events_appended_while_the_listener_reconnects_reach_every_subscriber(
     persistent.ack(persistent.receive(timeout=WAIT))
 
     listener = store._runner._listener
-    proxy.cut()
+    locks = store._runner._locks
+    generation = locks.generation
+    # Cut the listener's connection alone (the first one made through the
+    # proxy): the lock session stays, so the persistent subscription keeps its
+    # lock and only the re-read after the reconnect can bring it 3, 4, 5.
+    proxy.cut_connection(0)
     assert eventually(lambda: not listener.listening)
     append(store, "during", 3, start=2)  # nobody is listening now
     proxy.restore()
@@ -100,3 +105,5 @@ def test_events_appended_while_the_listener_reconnects_reach_every_subscriber(
     # No later event is appended: the listener must re-read what it missed.
     assert receive_numbers(transient, 3) == [3, 4, 5]
     assert receive_numbers(persistent, 3) == [3, 4, 5]
+    assert locks.generation == generation  # the lock session was never lost
+    assert persistent.subscribed

@@ -59,6 +59,7 @@ class Listener:
         *,
         on_notification: Callable[[Notification], None],
         on_reconnect: Callable[[], None],
+        on_parked: Callable[[int], None] | None = None,
         name: str = "eventstore-listener",
         max_backoff: float = 5.0,
         idle_check_interval: float = 5.0,
@@ -75,6 +76,10 @@ class Listener:
         # One identifier, quoted whole: the trigger's channel is the text
         # TG_TABLE_SCHEMA || '.events', not a schema-qualified name.
         self._channel = f"{schema}.events"
+        # Replay and discard requests of parked events: the payload is the
+        # subscription's id (digits only, unlike an event notification).
+        self._parked_channel = f"{schema}.parked"
+        self._on_parked = on_parked
         self._on_notification = on_notification
         self._on_reconnect = on_reconnect
         self._name = name
@@ -180,6 +185,8 @@ class Listener:
         try:
             with self._watchdog():
                 conn.listen(self._channel)
+                if self._on_parked is not None:
+                    conn.listen(self._parked_channel)
         except BaseException:
             self._release(conn)
             raise
@@ -217,6 +224,9 @@ class Listener:
                 self._deliver(payload)
 
     def _deliver(self, payload: str) -> None:
+        if self._on_parked is not None and payload.isascii() and payload.isdigit():
+            self._call("on_parked", self._on_parked, int(payload))
+            return
         try:
             notification = parse_payload(payload)
         except ValueError:

@@ -16,16 +16,19 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._types import RecordedEvent
 from .payload import Notification
+
+if TYPE_CHECKING:
+    from ..subscriptions.reading import Unreadable
 
 __all__ = ["LiveTargets", "Publisher"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.notifications")
 
-Reader = Callable[[str, int, int], list[RecordedEvent]]
+Reader = Callable[[str, int, int], "list[RecordedEvent | Unreadable]"]
 PAGE = 1000
 RETRY_INTERVAL = 0.2
 
@@ -41,7 +44,7 @@ class LiveTargets(Protocol):
         """Whether a persistent subscription takes live events of the stream now."""
         ...
 
-    def published(self, stream_uuid: str, events: list[RecordedEvent]) -> None:
+    def published(self, stream_uuid: str, events: list[RecordedEvent | Unreadable]) -> None:
         """Hand live events to the stream's persistent subscriptions."""
         ...
 
@@ -62,6 +65,9 @@ class _Transient:
     handle: Delivery
     selector: Callable[[RecordedEvent], Any] | None
     mapper: Callable[[RecordedEvent], Any] | None
+    # Events up to this position were committed before the subscriber
+    # subscribed: never delivered to it.
+    after: int = 0
 
 
 class Publisher:
@@ -79,6 +85,7 @@ class Publisher:
         # Streams whose publication failed (a storage error): retried.
         self._retry: set[str] = set()
         self._next_retry = 0.0
+        self._logged: str | None = None
 
     # -- transient subscribers ---------------------------------------------------
 
@@ -98,10 +105,14 @@ class Publisher:
         stream re-check storage for whatever that skips.
         """
         tracked = any(t.stream_uuid == stream_uuid for t in self._transients)
+        current = self._current_version(stream_uuid)
         if not (tracked and stream_uuid in self._positions):
-            self._positions[stream_uuid] = self._current_version(stream_uuid)
+            self._positions[stream_uuid] = current
             self._targets.behind(stream_uuid)
-        self._transients.append(_Transient(stream_uuid, handle, selector, mapper))
+        # A stream already tracked may be published up to an older position
+        # (notifications still on their way): the newcomer skips what was
+        # committed before it subscribed.
+        self._transients.append(_Transient(stream_uuid, handle, selector, mapper, current))
 
     def remove_transient(self, handle: Delivery) -> None:
         self._transients = [t for t in self._transients if t.handle is not handle]
@@ -130,6 +141,11 @@ class Publisher:
             self._publish_safely(stream_uuid, None, None)
         self._targets.behind(None)
 
+    @property
+    def next_retry(self) -> float | None:
+        """When failed publications are retried (None: none failed)."""
+        return self._next_retry if self._retry else None
+
     def retry_failed(self) -> None:
         """Called every scheduler pass: re-publish streams whose reads failed."""
         now = time.monotonic()
@@ -153,10 +169,17 @@ class Publisher:
         notification is never lost to a storage error."""
         try:
             self._publish(stream_uuid, after, last)
-        except Exception:
-            logger.warning("could not publish events of %r; will retry", stream_uuid, exc_info=True)
+        except Exception as error:
+            summary = f"{type(error).__name__}: {error}"
+            if summary != self._logged:  # once per change of error, not per retry
+                logger.warning(
+                    "could not publish events of %r; will retry", stream_uuid, exc_info=True
+                )
+                self._logged = summary
             self._retry.add(stream_uuid)
             self._targets.behind(stream_uuid)
+        else:
+            self._logged = None
 
     def _publish(self, stream_uuid: str, after: int | None, last: int | None) -> None:
         """Read the stream once past its published position and fan out.
@@ -175,24 +198,41 @@ class Publisher:
             if not events:
                 break
             position = events[-1].event_number
-            self._fan_out(stream_uuid, events)
-            # Recorded per page: a failure later re-publishes nothing twice.
+            # Recorded per page, before fanning out: nothing is published twice.
             self._positions[stream_uuid] = position
+            self._fan_out(stream_uuid, events)
             if len(events) < count:
                 break
         self._positions[stream_uuid] = position
 
-    def _fan_out(self, stream_uuid: str, events: list[RecordedEvent]) -> None:
+    def _fan_out(self, stream_uuid: str, events: list[RecordedEvent | Unreadable]) -> None:
+        readable = [e for e in events if isinstance(e, RecordedEvent)]
+        if len(readable) < len(events):
+            logger.warning(
+                "%d event(s) of %r cannot be deserialized; transient subscribers skip them",
+                len(events) - len(readable),
+                stream_uuid,
+            )
         for t in self._transients:
             if t.stream_uuid != stream_uuid:
                 continue
             try:
-                chosen = [e for e in events if t.selector is None or t.selector(e)]
+                chosen = [
+                    e
+                    for e in readable
+                    if e.event_number > t.after and (t.selector is None or t.selector(e))
+                ]
                 values = [t.mapper(e) for e in chosen] if t.mapper else chosen
             except Exception:
-                # One subscriber's selector or mapper must not hold up the others.
+                # One subscriber's selector or mapper must not hold up the others
+                # (a transient subscription has no checkpoint to retry from).
                 logger.exception("a transient subscriber's selector or mapper failed")
                 continue
             if chosen:
                 t.handle._deliver(values, [e.event_number for e in chosen])
-        self._targets.published(stream_uuid, events)
+        try:
+            self._targets.published(stream_uuid, events)
+        except Exception:
+            # Persistent subscriptions re-read storage; transients got theirs once.
+            logger.warning("persistent subscriptions of %r re-read storage", stream_uuid)
+            self._targets.behind(stream_uuid)

@@ -86,23 +86,34 @@ class AdvisoryLocks:
         self._generation += 1
         self._conn = None
 
-    def try_lock(self, subscription_id: int) -> bool:
-        """Take the subscription's lock if free (or already ours)."""
+    def try_lock(self, subscription_id: int) -> int | None:
+        """Take the subscription's lock if free (or already ours).
+
+        Returns the session generation the lock belongs to (compare it with
+        :meth:`check`'s), or None when another session holds it. A dead
+        session is replaced and the attempt made once more at once, so a
+        takeover never waits a retry interval because of a stale connection.
+        """
         with self._lock:
             if subscription_id in self._held and self.alive():
-                return True
-            try:
-                conn = self._connection()
-                got = conn.exec_driver_sql(
-                    "SELECT pg_try_advisory_lock" + _KEY, self._params(subscription_id)
-                ).scalar()
-            except Exception:
-                logger.warning("could not take advisory lock", exc_info=True)
-                self._drop()
-                return False
-            if got:
-                self._held.add(subscription_id)
-            return bool(got)
+                return self._generation
+            for attempt in (1, 2):
+                try:
+                    conn = self._connection()
+                    got = conn.exec_driver_sql(
+                        "SELECT pg_try_advisory_lock" + _KEY, self._params(subscription_id)
+                    ).scalar()
+                except Exception:
+                    self._drop()
+                    if attempt == 2:
+                        raise
+                    logger.info("advisory lock session failed; retrying on a new one")
+                    continue
+                if got:
+                    self._held.add(subscription_id)
+                    return self._generation
+                return None
+            return None  # pragma: no cover -- the loop returns or raises
 
     def unlock(self, subscription_id: int) -> None:
         with self._lock:
@@ -140,10 +151,25 @@ class AdvisoryLocks:
             logger.debug("error closing advisory lock connection", exc_info=True)
         self._lost()
 
-    def check(self) -> bool:
-        """Thread-safe liveness check; False means every lock was lost."""
+    def check(self, subscription_ids: list[int]) -> tuple[int, set[int]] | None:
+        """One round trip on the lock session: its generation and which of
+        ``subscription_ids`` still have their row (a deleted subscription's
+        lock is released here). None when the session is gone: every lock
+        taken on it is lost, whatever generation comes next."""
         with self._lock:
-            return self.alive()
+            if self._conn is None:
+                return None
+            try:
+                rows = self._conn.exec_driver_sql(
+                    f"SELECT subscription_id FROM {quote_ident(self._schema)}.subscriptions "
+                    "WHERE subscription_id = ANY(%(ids)s)",
+                    {"ids": [i for i in subscription_ids if i > 0] or [0]},
+                ).all()
+            except Exception:
+                self._drop()
+                return None
+            existing = {int(r[0]) for r in rows}
+            return self._generation, existing
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,14 @@ from ..serializers import Serializer
 from .sql import Statements
 from .steps import Op, Query
 
-__all__ = ["paginate_streams", "read_events", "stream_info", "utc"]
+__all__ = [
+    "paginate_streams",
+    "read_events",
+    "read_rows",
+    "stream_info",
+    "to_recorded_event",
+    "utc",
+]
 
 # The largest stream version: "from the end" for backward reads.
 END = 2**63 - 1
@@ -59,6 +66,22 @@ def read_events(
     forward: bool,
 ) -> Op[list[RecordedEvent]]:
     """One page of a stream (``$all`` included), in one round trip."""
+    rows = read_rows(conn, sql, stream_uuid, start_version, count, forward=forward)
+    return [to_recorded_event(row, serializer) for row in rows]
+
+
+def read_rows(
+    conn: Connection,
+    sql: Statements,
+    stream_uuid: str,
+    start_version: int,
+    count: int,
+    *,
+    forward: bool,
+) -> list[Any]:
+    """One page of raw rows (for :func:`to_recorded_event`): lets a caller
+    deserialize each event on its own, so one unreadable event does not fail
+    the page (subscriptions park it)."""
     if forward:
         statement = sql.prepared_read_forward
     else:
@@ -73,7 +96,7 @@ def read_events(
         raise StreamDeletedError(f"stream {stream_uuid!r} is deleted")
     if rows[0][2] is None:  # the stream exists; no event in range
         return []
-    return [to_recorded_event(row, serializer) for row in rows]
+    return list(rows)
 
 
 def _stream_info(row: Any) -> StreamInfo:

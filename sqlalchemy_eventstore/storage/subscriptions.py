@@ -49,14 +49,17 @@ LIMIT 1
 def store_checkpoint(
     conn: Connection,
     schema: str,
-    stream_uuid: str,
-    name: str,
+    subscription_id: int,
     last_seen: int,
     *,
     durable: bool = True,
-) -> None:
-    """Write the checkpoint. It only moves forward: a stale writer (a process
-    that lost the subscription's lock) can never move it back.
+) -> bool:
+    """Write the checkpoint of the subscription row ``subscription_id``.
+
+    By id, not by name: a process still running a subscription that was
+    deleted (and perhaps created again, as a new row) cannot move the new
+    row. It only moves forward: a stale writer can never move it back.
+    Returns False when the row is gone (deleted).
 
     ``durable=False`` commits without waiting for the WAL flush (asynchronous
     commit, this transaction only). Right for the routine writes of a busy
@@ -69,15 +72,23 @@ def store_checkpoint(
     asynchronous = (
         "" if durable else "AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
     )
-    conn.exec_driver_sql(
+    row = conn.exec_driver_sql(
         f"""
-UPDATE {quote_ident(schema)}.subscriptions SET last_seen = %(last_seen)s
-WHERE stream_uuid = %(stream_uuid)s AND subscription_name = %(name)s
-  AND (last_seen IS NULL OR last_seen < %(last_seen)s)
-  {asynchronous}
+WITH target AS (
+    SELECT subscription_id FROM {quote_ident(schema)}.subscriptions
+    WHERE subscription_id = %(id)s
+), updated AS (
+    UPDATE {quote_ident(schema)}.subscriptions SET last_seen = %(last_seen)s
+    WHERE subscription_id = %(id)s
+      AND (last_seen IS NULL OR last_seen < %(last_seen)s)
+      {asynchronous}
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM updated)
 """,
-        {"stream_uuid": stream_uuid, "name": name, "last_seen": last_seen},
-    )
+        {"id": subscription_id, "last_seen": last_seen},
+    ).one()
+    return bool(row[0])
 
 
 def delete_subscription(conn: Connection, schema: str, stream_uuid: str, name: str) -> None:

@@ -1,45 +1,38 @@
 """The scheduler: one thread per store driving every subscription of the process.
 
-It owns all subscription state, so nothing here needs a lock but the inbox:
-the listener, the subscribers' acks and the public API all post commands to
-it and (where they need an answer) wait for it. Each pass it catches
-subscriptions up from storage, dispatches queued events, writes due
-checkpoints and retries subscriptions that do not hold their advisory lock.
+Subscription state is guarded by one mutex. The scheduler thread holds it
+while it works, and lets go of it for storage reads; acks take it on the
+acking thread itself (a handler's worker, a mailbox consumer), record the ack
+and send the next events at once -- so an ack never waits behind a storage
+read, and a handler with ``buffer_size=1`` gets its next event without a
+thread round trip. The listener and the public API post to the inbox. A
+pass takes every pending call first, then the coalesced notifications, then
+serves each subscription on its own -- one failing subscription never holds
+up another -- and finally sleeps until something arrives or its next timer
+is due.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from concurrent.futures import Future, wait
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
-
-from sqlalchemy import Engine
+from typing import Any, TypeVar
 
 from .._types import RecordedEvent
-from ..errors import (
-    AlreadySubscribedError,
-    StreamDeletedError,
-    StreamNotFoundError,
-    SubscriptionAlreadyExistsError,
-    TooManySubscribersError,
-)
+from ..errors import AlreadySubscribedError, SubscriptionAlreadyExistsError, TooManySubscribersError
 from ..notifications.listener import Listener
 from ..notifications.publisher import Publisher
-from ..storage import subscriptions as rows
-from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks
 from .handle import Handler, Subscription
+from .inbox import Inbox, Taken
+from .locking import LockSupervision
 from .options import PersistentOptions
-from .state import DISCONNECTED, UNSUBSCRIBED, SubscriptionState
-
-if TYPE_CHECKING:
-    from ..store import EventStore
+from .persistent import Persistent
+from .reading import Backend, current_version, read_page
+from .state import backoff, describe
 
 __all__ = ["Runner"]
 
@@ -47,103 +40,70 @@ logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 T = TypeVar("T")
 Key = tuple[str, str]
 
-# How often the advisory-lock session is checked (a round trip) while
-# persistent subscriptions run: the longest a process keeps delivering after
-# its lock session died.
+# How often the advisory-lock session is checked (a round trip that also
+# finds deleted subscriptions) while persistent subscriptions run: the
+# longest a process keeps delivering after its lock session died.
 LOCK_CHECK_INTERVAL = 0.5
+# The longest the scheduler sleeps with nothing to do.
+MAX_SLEEP = 1.0
 
 
-@dataclass(eq=False)
-class _Persistent:
-    """A named subscription in this process: its options, subscribers and state."""
-
-    stream_uuid: str
-    name: str
-    options: PersistentOptions
-    handles: list[Subscription] = field(default_factory=list)
-    # Each subscriber's own buffer_size (its subscribe call's), by id(handle).
-    buffer_sizes: dict[int, int] = field(default_factory=dict)
-    subscription_id: int | None = None
-    state: SubscriptionState | None = None
-    lock_generation: int = -1
-    next_attempt: float = 0.0
-    last_ack_at: float = 0.0
-
-
-def _detached_connections(engine: Engine) -> Callable[[], Any]:
-    """New DBAPI connections made by ``engine`` (its connect_args, creator and
-    connect events apply), detached from its pool so they neither count
-    against it nor ever return to it."""
-
-    def create() -> Any:
-        pooled = engine.raw_connection()
-        pooled.detach()  # from now on closing it closes the connection itself
-        return pooled.dbapi_connection
-
-    return create
-
-
-def _transient_lock_id(sub: _Persistent) -> int:
-    return -(zlib.crc32(f"{sub.stream_uuid}\x00{sub.name}".encode()) & 0x7FFFFFFF) - 1
-
-
-class Runner:
+class Runner(LockSupervision):
     """Drives the subscriptions of one store (started on the first subscribe)."""
 
-    def __init__(self, store: EventStore) -> None:
-        self._store = store
-        self._inbox: queue.Queue[tuple[Callable[[], Any], Future[Any] | None]] = queue.Queue()
-        self._persistent: dict[Key, _Persistent] = {}
-        self._publisher = Publisher(self._read, self._current_version, self)
-        # LISTEN and the advisory locks need sessions of their own: on the
-        # session_mode_url when given (PgBouncer), else like the store's
-        # engine -- made by that engine itself when it is the caller's, so its
-        # connect_args or creator (SSL options, say) apply to them too.
-        session_url = store.session_mode_url or store.engine.url
-        creator = (
-            _detached_connections(store.engine)
-            if store.session_mode_url is None and not store.owns_engine
-            else None
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._inbox = Inbox()
+        self._persistent: dict[Key, Persistent] = {}
+        self._publisher = Publisher(
+            lambda s, start, count: read_page(backend, s, start, count),
+            lambda s: current_version(backend, s),
+            self,
         )
         self._listener = Listener(
-            session_url,
-            store.schema,
-            on_notification=lambda n: self._post(lambda: self._publisher.on_notification(n)),
-            on_reconnect=lambda: self._post(self._publisher.on_reconnect),
-            name=f"eventstore-listener-{store.schema}",
-            creator=creator,
+            backend.session_url,
+            backend.schema,
+            on_notification=self._inbox.notify,
+            on_reconnect=self._inbox.reconnected,
+            on_parked=self._inbox.parked,
+            name=f"eventstore-listener-{backend.schema}",
+            creator=backend.session_creator,
         )
         self._locks = AdvisoryLocks(
-            session_url,
-            store.schema,
-            application_name=f"eventstore-locks-{store.schema}",
-            creator=creator,
+            backend.session_url,
+            backend.schema,
+            application_name=f"eventstore-locks-{backend.schema}",
+            creator=backend.session_creator,
         )
         self._stopping = False
+        self._mutex = threading.RLock()
+        # A wake-up is on its way to the scheduler (acks need a read or a
+        # checkpoint write): further acks need not send another.
+        self._kicked = False
         self._next_lock_check = 0.0
+        self._logged_pass_error: str | None = None
         self._thread = threading.Thread(
-            target=self._run, name=f"eventstore-runner-{store.schema}", daemon=True
+            target=self._run, name=f"eventstore-runner-{backend.schema}", daemon=True
         )
         self._listener.start()
         self._thread.start()
 
     # -- plumbing ------------------------------------------------------------------
 
-    def _post(self, work: Callable[[], Any]) -> None:
-        self._inbox.put((work, None))
-
     def call(self, work: Callable[[], T], timeout: float = 30.0) -> T:
         """Run ``work`` on the runner thread and return its result (or raise)."""
         if threading.current_thread() is self._thread:
             return work()
+        if self._mutex._is_owned():
+            raise RuntimeError("subscription calls cannot be made from inside a selector/mapper")
         if not self._thread.is_alive():
             raise RuntimeError("the event store's subscriptions are stopped (store closed)")
         future: Future[T] = Future()
-        self._inbox.put((work, future))
-        # Poll rather than block: should the runner stop before taking this
-        # work, the caller learns it now instead of after the whole timeout.
+        self._inbox.call(work, future)
         deadline = time.monotonic() + timeout
         while not future.done():
+            # Should the runner stop before taking this work, the caller
+            # learns it within a fraction of a second, not after the timeout.
             wait([future], timeout=0.1)
             if future.done():
                 break
@@ -155,27 +115,38 @@ class Runner:
 
     def _run(self) -> None:
         while True:
-            try:
-                work, future = self._inbox.get(timeout=0.05)
-            except queue.Empty:
-                work, future = None, None
-            if work is not None:
+            timeout = max(0.0, min(MAX_SLEEP, self._next_wake() - time.monotonic()))
+            taken = self._inbox.take(timeout)
+            with self._mutex:
+                self._kicked = False
+                for work, future in taken.calls:
+                    self._execute(work, future)
+                if self._stopping:
+                    for work, future in self._inbox.drain_calls():
+                        self._execute(work, future)
+                    return
                 try:
-                    result = work()
-                except BaseException as error:  # handed back to the caller
-                    if future is not None:
-                        future.set_exception(error)
-                    else:
-                        logger.exception("subscription runner task failed")
-                else:
-                    if future is not None:
-                        future.set_result(result)
-            if self._stopping:
-                return
-            try:
-                self._tick()
-            except Exception:
-                logger.exception("subscription runner pass failed")
+                    self._pass(taken)
+                    self._logged_pass_error = None
+                except Exception as error:
+                    if describe(error) != self._logged_pass_error:
+                        logger.exception("subscription runner pass failed")
+                    self._logged_pass_error = describe(error)
+
+    @staticmethod
+    def _execute(work: Callable[[], Any], future: Future[Any] | None) -> None:
+        if future is not None and not future.set_running_or_notify_cancel():
+            return
+        try:
+            result = work()
+        except BaseException as error:  # handed back to the caller
+            if future is not None:
+                future.set_exception(error)
+            else:
+                logger.exception("subscription runner task failed")
+        else:
+            if future is not None:
+                future.set_result(result)
 
     # -- public operations (called from any thread) ---------------------------------
 
@@ -224,12 +195,13 @@ class Runner:
             subscription_name=name,
             handler=handler,
             transient=options.transient,
+            max_retries=options.max_retries,
         )
 
         def register() -> Subscription:
             sub = self._persistent.get(key)
             if sub is None:
-                sub = _Persistent(stream_uuid, name, options)
+                sub = Persistent(stream_uuid, name, options)
                 self._persistent[key] = sub
             else:
                 if handler is not None and any(h.handler is handler for h in sub.handles):
@@ -244,7 +216,9 @@ class Runner:
             sub.buffer_sizes[id(handle)] = options.buffer_size
             if sub.state is not None:
                 sub.state.add_subscriber(id(handle), options.buffer_size)
-                handle._set_subscribed()
+                handle._begin(sub.epoch)
+                sub.status = ""  # shown to the newcomer at the next report
+                self._dispatch(sub, time.monotonic())
             return handle
 
         try:
@@ -253,37 +227,78 @@ class Runner:
             handle._stop()
             raise
 
-    def ack(self, key: Key, handle: Subscription, event_number: int) -> None:
-        def record() -> None:
+    def ack(
+        self, key: Key, handle: Subscription, epoch: int, event_number: int, *, wait: bool = True
+    ) -> None:
+        """Record an ack, on the calling thread, and send what it makes room for.
+
+        An ack from an ended lifetime (the lock was lost since the batch was
+        sent) is ignored: its events are redelivered. With ``wait`` (a
+        caller's ack) a due checkpoint is written before returning; a
+        handler's ack leaves it to the scheduler's coalesced write.
+        """
+        if not self._thread.is_alive():
+            if wait:
+                raise RuntimeError("the event store's subscriptions are stopped (store closed)")
+            return  # a handler's last ack at close: the checkpoint was written then
+        with self._mutex:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None or handle not in sub.handles:
                 return  # not subscribed (any more): its events went back to the queue
-            if event_number <= sub.state.checkpoint:
-                return  # already covered (a redelivery after a restart, say)
-            sub.state.ack(id(handle), event_number)
-            sub.last_ack_at = time.monotonic()
-            self._pump_safely(sub)
+            if epoch != sub.epoch:
+                return  # stale: never matched against the new lifetime
+            state = sub.state
+            state.ack(id(handle), event_number)
+            now = sub.last_ack_at = time.monotonic()
+            if state.wants_read(now) and len(state.queue) < state.room(id(handle)):
+                self._kick()  # read first, then send a full batch
+            else:
+                self._dispatch(sub, now)
+            due = state.checkpoint_due()
+            if wait and due:
+                try:
+                    self._write_checkpoint(sub)
+                except Exception as error:
+                    self._log_once(sub, "could not write a checkpoint; will retry", error)
+                return
+            if (due and now >= sub.next_checkpoint_write) or state.wants_read(now):
+                self._kick()
 
-        self.call(record)
+    def park(self, key: Key, handle: Subscription, epoch: int, number: int, reason: str) -> None:
+        """A handler gave up on an in-flight event: park it (written next pass)."""
+
+        with self._mutex:
+            sub = self._persistent.get(key)
+            if sub is None or sub.state is None or handle not in sub.handles:
+                return
+            if epoch != sub.epoch:
+                return
+            sub.state.park_in_flight(id(handle), number, reason)
+            self._dispatch(sub, time.monotonic())
+            self._kick()
+
+    def subscriber_died(self, key: Key, handle: Subscription) -> None:
+        """A handler's worker thread died: remove the subscriber as if it left."""
+        self._inbox.call(lambda: self._remove(key, handle))
+
+    def _remove(self, key: Key, handle: Subscription) -> None:
+        if key[1] == "":
+            self._publisher.remove_transient(handle)
+        else:
+            sub = self._persistent.get(key)
+            if sub is not None and handle in sub.handles:
+                sub.handles.remove(handle)
+                sub.buffer_sizes.pop(id(handle), None)
+                if sub.state is not None:
+                    sub.state.remove_subscriber(id(handle))
+                if not sub.handles:
+                    self._release(sub)
+                    del self._persistent[key]
+                else:
+                    self._dispatch(sub, time.monotonic())
+        handle._stop()
 
     def unsubscribe(self, key: Key, handle: Subscription) -> None:
-        def remove() -> None:
-            if key[1] == "":
-                self._publisher.remove_transient(handle)
-            else:
-                sub = self._persistent.get(key)
-                if sub is not None and handle in sub.handles:
-                    sub.handles.remove(handle)
-                    sub.buffer_sizes.pop(id(handle), None)
-                    if sub.state is not None:
-                        sub.state.remove_subscriber(id(handle))
-                    if not sub.handles:
-                        self._release(sub)
-                        del self._persistent[key]
-                    else:
-                        self._pump_safely(sub)
-            handle._stop()
-
         if not self._thread.is_alive():
             handle._stop()
             return  # the store is closed: nothing runs any more
@@ -291,7 +306,7 @@ class Runner:
         # handled before unsubscribe() is never lost; then the subscriber goes.
         handle._stop()
         handle._join(5)
-        self.call(remove)
+        self.call(lambda: self._remove(key, handle))
 
     def unsubscribe_all(self, key: Key) -> None:
         sub = self.call(lambda: self._persistent.get(key))
@@ -336,6 +351,7 @@ class Runner:
             except Exception:
                 logger.exception("subscription runner did not shut down cleanly")
                 self._stopping = True
+                self._inbox.reconnected()  # wake it
         self._thread.join(timeout)
         self._listener.stop(timeout)
         self._locks.close()
@@ -351,186 +367,81 @@ class Runner:
     def _transient_handles(self) -> list[Subscription]:
         return [h for h in self._publisher.transient_handles() if isinstance(h, Subscription)]
 
-    def _release(self, sub: _Persistent) -> None:
-        """Write the checkpoint (whatever the threshold) and give up the lock."""
-        try:
-            if sub.state is not None and sub.state.checkpoint_pending:
-                self._write_checkpoint(sub, durable=True)
-        finally:
-            if sub.subscription_id is not None:
-                self._locks.unlock(sub.subscription_id)
-            sub.state = None
-
-    def _tick(self) -> None:
+    def _next_wake(self) -> float:
         now = time.monotonic()
+        wake = now + MAX_SLEEP
+        if any(s.state is not None for s in self._persistent.values()):
+            wake = min(wake, self._next_lock_check)
+        retry = self._publisher.next_retry
+        if retry is not None:
+            wake = min(wake, retry)
+        for sub in self._persistent.values():
+            state = sub.state
+            if state is None:
+                wake = min(wake, sub.next_attempt)
+                continue
+            if sub.io_failures:
+                wake = min(wake, sub.io_retry_at)
+                continue
+            if state.failure is not None:
+                wake = min(wake, state.failure.retry_at)
+            if state.wants_read(now) or state.to_park or state.replays_acked or sub.parked_dirty:
+                return now
+            if state.checkpoint_due():
+                wake = min(wake, sub.next_checkpoint_write)
+            after = sub.options.checkpoint_after
+            if after is not None and state.checkpoint_pending:
+                wake = min(wake, sub.last_ack_at + after)
+        return wake
+
+    def _pass(self, taken: Taken) -> None:
+        # Replay and discard requests first: an event committed after a
+        # discard must find its partition key free.
+        for sub in self._persistent.values():
+            if sub.state is not None and (taken.reconnected or sub.subscription_id in taken.parked):
+                sub.parked_dirty = True  # after a reconnect, requests may have been missed
+                try:
+                    self._load_parked(sub)
+                except Exception as error:
+                    self._log_once(sub, "could not load parked events; will retry", error)
+        if taken.reconnected:
+            self._publisher.on_reconnect()
+        for notification in taken.notifications:
+            self._publisher.on_notification(notification)
         self._publisher.retry_failed()
-        if self._persistent and now >= self._next_lock_check:
+        now = time.monotonic()
+        if now >= self._next_lock_check and any(
+            s.state is not None for s in self._persistent.values()
+        ):
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
         for sub in list(self._persistent.values()):
-            if sub.state is None:
-                if now >= sub.next_attempt:
-                    self._try_start(sub, now)
+            if sub.io_failures and time.monotonic() < sub.io_retry_at:
                 continue
-            self._pump(sub)
-            after = sub.options.checkpoint_after
-            if (
-                after is not None
-                and sub.state.checkpoint_pending
-                and now - sub.last_ack_at >= after
-            ):
-                self._write_checkpoint(sub)
-
-    def _check_locks(self) -> None:
-        """A lost lock session means every lock is gone: stop delivering until
-        each subscription holds its lock again."""
-        if self._locks.check():
-            return
-        for sub in self._persistent.values():
-            if sub.state is not None:
-                logger.warning("subscription %r lost its lock; stopping delivery", sub.name)
-                self._drop_state(sub)
-
-    def _drop_state(self, sub: _Persistent) -> None:
-        """Lost the lock: forget in-memory progress; storage has the checkpoint."""
-        sub.state = None
-        sub.next_attempt = time.monotonic()
-        self._set_status(sub, DISCONNECTED)
-        for handle in sub.handles:
-            handle._subscribed.clear()
-
-    def _try_start(self, sub: _Persistent, now: float) -> None:
-        store = self._store
-        if not self._listener.listening:
-            # Start once LISTEN is active, so that the catch-up read covers every
-            # commit the listener will not notify (it has just been started, or
-            # it is reconnecting).
-            sub.next_attempt = now + 0.05
-            return
-        try:
-            if sub.options.transient:
-                # Nothing is persisted, so the lock cannot key on a row id: a
-                # negative key from the name keeps processes exclusive without
-                # clashing with persistent subscriptions' (positive) ids.
-                row = rows.SubscriptionRow(_transient_lock_id(sub), sub.options.start_from)
-                sub.subscription_id = row.subscription_id
+            try:
+                self._serve(sub, time.monotonic())
+            except Exception as error:
+                # Storage trouble of this subscription: retried with backoff,
+                # logged once per change; the others carry on.
+                sub.io_failures += 1
+                sub.io_retry_at = time.monotonic() + backoff(sub.io_failures)
+                self._log_once(sub, f"subscription {sub.name!r} failed; retrying", error)
             else:
-                with store.engine.begin() as conn:
-                    row = rows.subscribe(
-                        conn, store.schema, sub.stream_uuid, sub.name, sub.options.start_from
-                    )
-                sub.subscription_id = row.subscription_id
-            locked = self._locks.try_lock(sub.subscription_id)
-            if locked and not sub.options.transient:
-                # Read the checkpoint again now that the lock is ours: the
-                # previous holder may have acked and released since the read.
-                with store.engine.begin() as conn:
-                    row = rows.subscribe(
-                        conn, store.schema, sub.stream_uuid, sub.name, sub.options.start_from
-                    )
-                if row.subscription_id != sub.subscription_id:
-                    # Deleted and created anew meanwhile: lock the new row next time.
-                    self._locks.unlock(sub.subscription_id)
-                    sub.subscription_id = row.subscription_id
-                    locked = False
-        except Exception:
-            logger.exception("could not start subscription %r", sub.name)
-            locked = False
-        if not locked:
-            sub.next_attempt = now + store.subscription_retry_interval
-            self._set_status(sub, DISCONNECTED)
-            return
-        opts = sub.options
-        sub.state = SubscriptionState(
-            last_seen=row.last_seen,
-            buffer_size=opts.buffer_size,
-            max_size=opts.max_size,
-            checkpoint_threshold=opts.checkpoint_threshold,
-            selector=opts.selector,
-            partition_by=opts.partition_by,
-        )
-        sub.last_ack_at = time.monotonic()
-        for handle in sub.handles:
-            sub.state.add_subscriber(id(handle), sub.buffer_sizes.get(id(handle)))
-            handle._set_subscribed()
-        self._pump(sub)
+                if sub.io_failures:
+                    sub.io_failures = 0
+                    sub.logged = None
 
-    def _pump_safely(self, sub: _Persistent) -> None:
-        """Pump for a caller whose own work already succeeded (an ack): a storage
-        failure here is logged and retried by the next pass, not raised."""
-        try:
-            self._pump(sub)
-        except Exception:
-            logger.warning("subscription %r could not pump; will retry", sub.name, exc_info=True)
-
-    def _pump(self, sub: _Persistent) -> None:
-        """Read from storage while behind, dispatch, and checkpoint when due."""
+    def _serve(self, sub: Persistent, now: float) -> None:
         state = sub.state
         if state is None:
+            if now >= sub.next_attempt:
+                self._try_start(sub, now)
             return
-        wanted = state.wants_read()
-        if wanted:
-            events = self._read(sub.stream_uuid, state.last_received + 1, wanted)
-            state.receive_read(events, wanted)
-        handles: dict[Hashable, Subscription] = {id(h): h for h in sub.handles}
-        for slot, batch in state.dispatch():
-            handle = handles[slot.key]
-            mapper = sub.options.mapper
-            values = [mapper(e) for e in batch] if mapper else list(batch)
-            handle._deliver(values, [e.event_number for e in batch])
-        self._set_status(sub, state.status)
-        if state.checkpoint_due():
+        if sub.parked_dirty:
+            self._load_parked(sub)
+        self._pump(sub, now)
+        if sub.state is not state:
+            return  # deleted meanwhile
+        after = sub.options.checkpoint_after
+        if after is not None and state.checkpoint_pending and now - sub.last_ack_at >= after:
             self._write_checkpoint(sub)
-
-    @staticmethod
-    def _set_status(sub: _Persistent, status: str) -> None:
-        for handle in sub.handles:
-            if handle._status != UNSUBSCRIBED:
-                handle._status = status
-
-    def _write_checkpoint(self, sub: _Persistent, *, durable: bool = False) -> None:
-        """Persist the checkpoint: asynchronously committed for routine writes
-        (see ``store_checkpoint``), durably when ``durable``."""
-        state = sub.state
-        if state is None:
-            return
-        position = state.checkpoint
-        if not sub.options.transient:
-            with connection(self._store.engine, None, transaction=False) as conn:
-                rows.store_checkpoint(
-                    conn, self._store.schema, sub.stream_uuid, sub.name, position, durable=durable
-                )
-        state.persisted_at(position)
-
-    def _read(self, stream_uuid: str, start: int, count: int) -> list[RecordedEvent]:
-        try:
-            return self._store.read_stream_forward(stream_uuid, start, count)
-        except (StreamNotFoundError, StreamDeletedError):
-            return []
-
-    # -- the publisher's view of persistent subscriptions (LiveTargets) -----------------
-
-    def _current_version(self, stream_uuid: str) -> int:
-        try:
-            return self._store.stream_info(stream_uuid).stream_version
-        except (StreamNotFoundError, StreamDeletedError):
-            return 0
-
-    def live_streams(self) -> set[str]:
-        return {s.stream_uuid for s in self._persistent.values()}
-
-    def interested(self, stream_uuid: str) -> bool:
-        return any(
-            s.stream_uuid == stream_uuid and s.state is not None for s in self._persistent.values()
-        )
-
-    def published(self, stream_uuid: str, events: list[RecordedEvent]) -> None:
-        for sub in self._persistent.values():
-            if sub.stream_uuid == stream_uuid and sub.state is not None:
-                sub.state.receive_published(events)
-                self._pump_safely(sub)
-
-    def behind(self, stream_uuid: str | None) -> None:
-        for sub in self._persistent.values():
-            if sub.state is not None and stream_uuid in (None, sub.stream_uuid):
-                sub.state.behind = True

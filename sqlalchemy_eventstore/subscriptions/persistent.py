@@ -1,0 +1,172 @@
+"""A named subscription in this process, and its storage I/O.
+
+Starting (the row, then the lock, then the checkpoint re-read), checkpoint
+writes by subscription id, and the parked events' rows: every database call
+of a persistent subscription except event reads lives here. The scheduler
+(``runner``) decides when to call them.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from ..storage import parked as parked_rows
+from ..storage import subscriptions as rows
+from ..storage.connection import connection
+from .options import PersistentOptions
+from .reading import Backend, Unreadable
+from .state import ParkRequest, SubscriptionState
+
+if TYPE_CHECKING:
+    from .handle import Subscription
+
+__all__ = ["Persistent", "with_fresh_connection"]
+
+logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class Persistent:
+    """A named subscription in this process: its options, subscribers and state."""
+
+    stream_uuid: str
+    name: str
+    options: PersistentOptions
+    handles: list[Subscription] = field(default_factory=list)
+    # Each subscriber's own buffer_size (its subscribe call's), by id(handle).
+    buffer_sizes: dict[int, int] = field(default_factory=dict)
+    subscription_id: int | None = None
+    state: SubscriptionState | None = None
+    # The lock session generation the lock was taken on, and this process's
+    # lifetime counter of the subscription (bumped at every start).
+    lock_generation: int = -1
+    epoch: int = 0
+    next_attempt: float = 0.0
+    start_failures: int = 0
+    # Storage failures while running: retried with backoff, not every pass.
+    io_failures: int = 0
+    io_retry_at: float = 0.0
+    last_ack_at: float = 0.0
+    next_checkpoint_write: float = 0.0
+    logged: str | None = None
+    # The status last shown to the subscribers.
+    status: str = "initial"
+    # The parked rows changed (a replay or discard request): reload them.
+    parked_dirty: bool = False
+
+    @property
+    def transient(self) -> bool:
+        return self.options.transient
+
+    def transient_lock_id(self) -> int:
+        """Nothing is persisted, so the lock cannot key on a row id: a negative
+        key from the name keeps processes exclusive without clashing with
+        persistent subscriptions' (positive) ids."""
+        return -(zlib.crc32(f"{self.stream_uuid}\x00{self.name}".encode()) & 0x7FFFFFFF) - 1
+
+
+def with_fresh_connection(backend: Backend, work: Callable[[Connection], T]) -> T:
+    """Run ``work`` in a transaction, once more at once should the pooled
+    connection turn out dead (a restarted server, a terminated backend): the
+    pool has discarded it by then, so the retry gets a new one."""
+    for attempt in (1, 2):
+        try:
+            with backend.engine.begin() as conn:
+                return work(conn)
+        except DBAPIError as error:
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+            logger.info("stale pooled connection; retrying at once")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def read_row(backend: Backend, sub: Persistent) -> rows.SubscriptionRow:
+    """The subscription's row, created at ``start_from`` when missing."""
+    return with_fresh_connection(
+        backend,
+        lambda conn: rows.subscribe(
+            conn, backend.schema, sub.stream_uuid, sub.name, sub.options.start_from
+        ),
+    )
+
+
+def write_checkpoint(backend: Backend, sub: Persistent, position: int, *, durable: bool) -> bool:
+    """Write the checkpoint by id; False when the row is gone (deleted)."""
+    subscription_id = sub.subscription_id
+    assert subscription_id is not None
+    for attempt in (1, 2):
+        try:
+            with connection(backend.engine, None, transaction=False) as conn:
+                return rows.store_checkpoint(
+                    conn, backend.schema, subscription_id, position, durable=durable
+                )
+        except DBAPIError as error:  # a dead pooled connection: once more, on a new one
+            if attempt == 2 or not error.connection_invalidated:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def park(backend: Backend, sub: Persistent, requests: list[ParkRequest]) -> None:
+    """Write the park requests' rows (nothing for a transient subscription)."""
+    if sub.transient or not requests:
+        return
+    assert sub.subscription_id is not None
+    park_rows = [
+        parked_rows.ParkRow(
+            event_number=r.event.event_number,
+            event_id=r.event.event_id,
+            reason=r.reason,
+            partition_key=r.partition_key,
+        )
+        for r in requests
+    ]
+    subscription_id = sub.subscription_id
+    with_fresh_connection(
+        backend, lambda conn: parked_rows.park(conn, backend.schema, subscription_id, park_rows)
+    )
+    for request in requests:
+        what = "unreadable event" if isinstance(request.event, Unreadable) else "event"
+        logger.warning(
+            "subscription %r parked %s %d: %s",
+            sub.name,
+            what,
+            request.event.event_number,
+            request.reason,
+        )
+
+
+def load_parked(backend: Backend, sub: Persistent) -> tuple[dict[str, int], list[int]]:
+    """The partition keys held back by parked events (key -> first parked
+    number), and the numbers whose replay was requested."""
+    if sub.transient or sub.subscription_id is None:
+        return {}, []
+    subscription_id = sub.subscription_id
+
+    def load(conn: Connection) -> Any:
+        return parked_rows.parked_summary(conn, backend.schema, subscription_id)
+
+    refs = with_fresh_connection(backend, load)
+    blocked: dict[str, int] = {}
+    for ref in refs:
+        if ref.partition_key is not None:
+            blocked.setdefault(ref.partition_key, ref.event_number)
+    return blocked, [ref.event_number for ref in refs if ref.replay_requested]
+
+
+def unpark(backend: Backend, sub: Persistent, numbers: list[int]) -> None:
+    """Replayed events were acked: they are parked no more."""
+    if sub.transient or sub.subscription_id is None or not numbers:
+        return
+    subscription_id = sub.subscription_id
+    with_fresh_connection(
+        backend,
+        lambda conn: parked_rows.remove_parked(conn, backend.schema, subscription_id, numbers),
+    )

@@ -1,0 +1,100 @@
+"""What the subscription runner needs from storage, and nothing of the store facade.
+
+:class:`Backend` is the runner's narrow interface: an engine, the schema and
+its statements, the serializer and where the session connections (LISTEN,
+advisory locks) go. The store builds one; the import graph points from the
+store to the subscriptions, never back.
+
+Reads here deserialize each event on its own: an event the serializer cannot
+read comes back as an :class:`Unreadable` carrying the error and the stored
+bytes (or jsonb text), so a subscription retries or parks that one event
+instead of failing the whole page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL
+
+from .._types import RecordedEvent
+from ..errors import StreamDeletedError, StreamNotFoundError
+from ..serializers import Serializer
+from ..storage import reader
+from ..storage.sql import Statements
+
+__all__ = ["Backend", "Unreadable", "current_version", "read_page"]
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A stored event the serializer could not read."""
+
+    event_number: int
+    event_id: str
+    stream_uuid: str
+    stream_version: int
+    error: BaseException
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The storage side of subscriptions."""
+
+    engine: Engine
+    schema: str
+    statements: Statements
+    serializer: Serializer
+    # Where LISTEN and the advisory locks connect, and how (None: from the URL).
+    session_url: URL
+    session_creator: Callable[[], Any] | None
+    retry_interval: float
+
+
+def _convert(row: Any, serializer: Serializer) -> RecordedEvent | Unreadable:
+    try:
+        return reader.to_recorded_event(row, serializer)
+    except Exception as error:
+        return Unreadable(
+            event_number=int(row[2]),
+            event_id=str(row[3]),
+            stream_uuid=str(row[4]),
+            stream_version=int(row[5]),
+            error=error,
+        )
+
+
+def read_page(
+    backend: Backend, stream_uuid: str, start: int, count: int
+) -> list[RecordedEvent | Unreadable]:
+    """Up to ``count`` events from ``start`` on; a missing or deleted stream has none."""
+    with backend.engine.connect() as conn:
+        try:
+            rows = reader.read_rows(
+                conn, backend.statements, stream_uuid, start, count, forward=True
+            )
+        except (StreamNotFoundError, StreamDeletedError):
+            return []
+    return [_convert(row, backend.serializer) for row in rows]
+
+
+def read_events(backend: Backend, stream_uuid: str, numbers: list[int]) -> list[RecordedEvent]:
+    """The readable events of ``numbers`` (ascending), one short read each."""
+    found: list[RecordedEvent] = []
+    for number in numbers:
+        for item in read_page(backend, stream_uuid, number, 1):
+            if isinstance(item, RecordedEvent) and item.event_number == number:
+                found.append(item)
+    return found
+
+
+def current_version(backend: Backend, stream_uuid: str) -> int:
+    """The stream's version (the head of ``$all``); 0 when missing or deleted."""
+    with backend.engine.connect() as conn:
+        try:
+            return reader.stream_info(conn, backend.statements, stream_uuid).stream_version
+        except (StreamNotFoundError, StreamDeletedError):
+            return 0
