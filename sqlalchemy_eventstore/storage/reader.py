@@ -6,11 +6,13 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy import Connection
+
 from .._types import Page, RecordedEvent, StreamInfo
 from ..errors import StreamDeletedError, StreamNotFoundError
 from ..serializers import Serializer
 from .sql import Statements
-from .steps import Op, Query
+from .steps import Op, Query, run
 
 __all__ = [
     "paginate_streams",
@@ -66,7 +68,7 @@ def read_events(
     forward: bool,
 ) -> Op[list[RecordedEvent]]:
     """One page of a stream (``$all`` included), in one round trip."""
-    rows = read_rows(conn, sql, stream_uuid, start_version, count, forward=forward)
+    rows = yield from read_rows_op(sql, stream_uuid, start_version, count, forward=forward)
     return [to_recorded_event(row, serializer) for row in rows]
 
 
@@ -79,6 +81,19 @@ def read_rows(
     *,
     forward: bool,
 ) -> list[Any]:
+    """:func:`read_rows_op` on ``conn``."""
+    op = read_rows_op(sql, stream_uuid, start_version, count, forward=forward)
+    return run(conn, op, prepare=sql.prepare)
+
+
+def read_rows_op(
+    sql: Statements,
+    stream_uuid: str,
+    start_version: int,
+    count: int,
+    *,
+    forward: bool,
+) -> Op[list[Any]]:
     """One page of raw rows (for :func:`to_recorded_event`): lets a caller
     deserialize each event on its own, so one unreadable event does not fail
     the page (subscriptions park it)."""
