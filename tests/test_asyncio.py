@@ -225,3 +225,42 @@ def test_subscriptions_are_not_part_of_the_async_api_yet():
     ):
         assert not hasattr(AsyncEventStore, name), name
     assert isinstance(AsyncEngine, type)
+
+
+def test_a_call_timeout_raises_store_timeout_with_nothing_written(async_url, schema, run):
+    from sqlalchemy_eventstore.errors import StoreTimeoutError
+
+    async def scenario() -> int:
+        async with AsyncEventStore(async_url, schema=schema, timeout=5) as store:
+            await store.init()
+            await store.append_to_stream("s", 0, events(1))
+            lock = f"SELECT 1 FROM \"{schema}\".streams WHERE stream_uuid = 's' FOR UPDATE"
+            async with store.engine.connect() as blocker:
+                await blocker.exec_driver_sql(lock)
+                with pytest.raises(StoreTimeoutError):
+                    await store.append_to_stream("s", 1, events(1), timeout=0.3)
+                # The next call runs under the store's 5 s again, not the 0.3 s
+                # the failed one left on its pooled connection: it outwaits a
+                # lock held for 0.8 s.
+                waiting = asyncio.create_task(store.append_to_stream("s", 1, events(1)))
+                await asyncio.sleep(0.8)
+                await blocker.rollback()
+                await waiting
+            return (await store.stream_info("s")).stream_version
+
+    assert run(scenario()) == 2
+
+
+def test_hard_delete_leaves_deletes_refused_afterwards(async_url, schema, run):
+    async def scenario() -> str:
+        async with AsyncEventStore(async_url, schema=schema, enable_hard_deletes=True) as store:
+            await store.init()
+            await store.append_to_stream("s", 0, events(2))
+            await store.delete_stream("s", hard=True)
+            async with store.engine.connect() as conn:
+                value = await conn.exec_driver_sql(
+                    "SELECT coalesce(current_setting('eventstore.enable_hard_deletes', true), '')"
+                )
+                return str(value.scalar())
+
+    assert run(scenario()) in ("", "off")
