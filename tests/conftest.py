@@ -28,13 +28,9 @@ from sqlalchemy_eventstore import EventStore
 from sqlalchemy_eventstore.asyncio import AsyncEventStore
 from tests.async_facade import LoopThread, SyncFacade
 
-DRIVERS = {
-    "psycopg2": "postgresql+psycopg2",
-    "psycopg": "postgresql+psycopg",
-    # The async API, through tests.async_facade.SyncFacade.
-    "async-psycopg": "postgresql+psycopg",
-    "async-asyncpg": "postgresql+asyncpg",
-}
+DRIVERS = {"psycopg2": "postgresql+psycopg2", "psycopg": "postgresql+psycopg"}
+# The async API, through tests.async_facade.SyncFacade (make_store and ``driver``).
+ASYNC_DRIVERS = {"async-psycopg": "postgresql+psycopg", "async-asyncpg": "postgresql+asyncpg"}
 
 
 @contextmanager
@@ -156,7 +152,7 @@ def make_store(
 
     def factory(*, driver: str = "psycopg2", init: bool = True, **options: Any) -> EventStore:
         options.setdefault("schema", unique_schema())
-        url = database_url.set(drivername=DRIVERS[driver])
+        url = database_url.set(drivername={**DRIVERS, **ASYNC_DRIVERS}[driver])
         store: Any
         if driver.startswith("async-"):
             loop = request.getfixturevalue("loop_thread")
