@@ -24,6 +24,7 @@ from ._types import (
     StreamInfo,
 )
 from .storage.connection import Connector, ConnLike
+from .storage.sequencer import Sequencer
 from .storage.steps import run
 
 __all__ = ["STORE_TIMEOUT", "StorageCalls", "Timeout"]
@@ -35,11 +36,31 @@ class StorageCalls(Operations):
     """The storage operations; :class:`EventStore` sets the attributes below."""
 
     _connector: Connector
+    _sequencer: Sequencer | None
 
     def _call(self, conn: ConnLike | None, call: Call[T]) -> T:
         """Run ``call`` on the connection of the call (``conn=``'s or a pooled one)."""
         with self._connector.connect(conn, transaction=call.tx, timeout=call.seconds) as c:
             return run(c, call.op, prepare=self._sql.prepare)
+
+    # -- global order (sequencer mode) ----------------------------------------
+
+    def advance_all_stream(self) -> int:
+        """Number committed appends still waiting into ``$all`` (sequencer mode).
+
+        Reads of ``$all`` call this first, so they see every event committed
+        before they started. Returns the new head of ``$all``, or a negative
+        number when nothing waited (always in lock mode, where nothing waits).
+        Runs on the store's own connection, never in a caller's transaction.
+        """
+        if self._sequencer is None:
+            return -1
+        return self._sequencer.advance()
+
+    def _sequence_soon(self) -> None:
+        """Number waiting appends on the sequencer's worker thread (sequencer mode)."""
+        if self._sequencer is not None:
+            self._sequencer.help_soon()
 
     # -- writing -----------------------------------------------------------
 
@@ -61,6 +82,9 @@ class StorageCalls(Operations):
         StoreTimeoutError; ValueError/TypeError for bad arguments.
         """
         self._call(conn, self._append_call(stream_uuid, expected_version, events, timeout))
+        if self._sequencer is not None:
+            # global_order="sequencer": number it into $all once committed.
+            self._sequencer.appended(conn)
 
     def link_to_stream(
         self,
@@ -117,6 +141,8 @@ class StorageCalls(Operations):
         plan = self._read_plan(stream_uuid, start_version, forward=forward, timeout=timeout)
 
         def read(start: int, count: int) -> list[RecordedEvent]:
+            if plan.stream_uuid == ALL_STREAM:
+                self.advance_all_stream()
             return self._call(conn, self._read_call(plan, start, count))
 
         return read
@@ -264,7 +290,10 @@ class StorageCalls(Operations):
         """A stream's id, version, timestamps and status (``$all``: id 0, the last
         global position). Raises StreamNotFoundError, StreamDeletedError and
         StoreTimeoutError."""
-        return self._call(conn, self._stream_info_call(stream_uuid, timeout))
+        call = self._stream_info_call(stream_uuid, timeout)
+        if stream_uuid == ALL_STREAM:
+            self.advance_all_stream()
+        return self._call(conn, call)
 
     def paginate_streams(
         self,

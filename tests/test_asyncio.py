@@ -215,6 +215,13 @@ def test_urls_of_sync_drivers_are_refused():
         AsyncEventStore(object())  # type: ignore[arg-type]
 
 
+def test_global_order_sequencer_is_refused_for_now():
+    with pytest.raises(ValueError, match="global_order"):
+        AsyncEventStore("postgresql+asyncpg://u@localhost/db", global_order="sequencer")
+    with pytest.raises(ValueError, match="global_order"):
+        AsyncEventStore("postgresql+asyncpg://u@localhost/db", global_order="other")
+
+
 def test_subscriptions_are_not_part_of_the_async_api_yet():
     for name in (
         "subscribe",

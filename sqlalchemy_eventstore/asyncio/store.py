@@ -57,7 +57,8 @@ class AsyncEventStore(Operations):
     ``url_or_engine`` is a ``postgresql+psycopg://`` or ``postgresql+asyncpg://``
     URL (plain ``postgresql://`` means psycopg 3), or an ``AsyncEngine`` whose
     pool the store shares and does not dispose of. The options are
-    EventStore's, with the same meaning. ``conn=`` takes an ``AsyncSession``
+    EventStore's, with the same meaning; ``global_order`` is ``"lock"`` only
+    for now (``"sequencer"`` raises ValueError). ``conn=`` takes an ``AsyncSession``
     or ``AsyncConnection`` in the caller's transaction, joined, never committed.
     """
 
@@ -74,7 +75,15 @@ class AsyncEventStore(Operations):
         name: str | None = None,
         timeout: float | None = 15.0,
         foreign_keys: bool = True,
+        global_order: str = "lock",
     ) -> None:
+        if global_order == "sequencer":
+            raise ValueError(
+                "global_order='sequencer' is not supported by AsyncEventStore yet: "
+                "use global_order='lock', or a sync EventStore for that schema"
+            )
+        if global_order != "lock":
+            raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
         options = StoreOptions(
             schema=schema,
             serializer=serializer,
@@ -112,6 +121,7 @@ class AsyncEventStore(Operations):
         self.subscription_retry_interval = options.subscription_retry_interval
         self.name = name
         self.foreign_keys = foreign_keys
+        self.global_order = global_order
         # No psycopg2 here: the drivers prepare statements by themselves.
         self._sql = Statements(self.schema, self.column_data_type, prepare=False)
         self._runner = runner

@@ -44,6 +44,10 @@ def delete_stream(
     if not hard:
         (row,) = yield Query(sql.soft_delete, params)
     else:
+        if sql.drop_waiting is not None:
+            locked = yield Query(sql.lock_stream, params)
+            if locked:
+                yield Query(sql.drop_waiting, {"stream_id": locked[0][0]})
         ((previous,),) = yield Query(sql.current_hard_deletes)
         yield Query(sql.enable_hard_deletes, {"value": "on"})
         # Put back after success only: a failed statement aborts the
