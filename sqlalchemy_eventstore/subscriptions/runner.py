@@ -124,6 +124,8 @@ class Runner(LockSupervision):
             taken = self._inbox.take(timeout)
             with self._mutex:
                 self._kicked = False
+                for sub in self._persistent.values():
+                    sub.write_wanted = False  # this pass sees every due write
                 for work, future in taken.calls:
                     self._execute(work, future)
                 if self._stopping:
