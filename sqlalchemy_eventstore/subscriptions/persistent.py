@@ -57,9 +57,6 @@ class Persistent:
     io_retry_at: float = 0.0
     last_ack_at: float = 0.0
     next_checkpoint_write: float = 0.0
-    # An ack found a checkpoint write due and woke the scheduler for it: later
-    # acks need not wake it again until that write is done.
-    write_wanted: bool = False
     # The next page of a catch-up (raw rows), read ahead while the current one
     # is converted and delivered: (start, count, its future). Used only when
     # it starts where the next read would and came back full.

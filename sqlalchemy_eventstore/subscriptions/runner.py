@@ -124,8 +124,6 @@ class Runner(LockSupervision):
             taken = self._inbox.take(timeout)
             with self._mutex:
                 self._kicked = False
-                for sub in self._persistent.values():
-                    sub.write_wanted = False  # this pass sees every due write
                 for work, future in taken.calls:
                     self._execute(work, future)
                 if self._stopping:
@@ -276,11 +274,8 @@ class Runner(LockSupervision):
                 except Exception as error:
                     self._log_once(sub, "could not write a checkpoint; will retry", error)
                 return
-            if wants_read or not sub.write_wanted:
-                # The scheduler writes it when the interval is over; once woken
-                # it knows when, so later acks need not wake it again.
-                sub.write_wanted = True
-                self._kick()
+            if wants_read or now >= sub.next_checkpoint_write:
+                self._kick()  # else the scheduler's timer writes it
 
     def park(self, key: Key, handle: Subscription, epoch: int, number: int, reason: str) -> None:
         """A handler gave up on an in-flight event: park it (written next pass)."""

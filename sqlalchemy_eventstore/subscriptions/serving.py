@@ -224,7 +224,6 @@ class Serving:
             self._deleted(sub)
             return
         state.persisted_at(position)
-        sub.write_wanted = False
 
     # -- the publisher's view of persistent subscriptions (LiveTargets) -----------------
 
