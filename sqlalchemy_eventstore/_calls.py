@@ -33,6 +33,7 @@ from .errors import (
 from .serializers import Serializer
 from .storage import appender, reader, snapshots, streams
 from .storage.connection import Connector, ConnLike
+from .storage.sequencer import Sequencer
 from .storage.sql import SORT_COLUMNS, Statements
 
 __all__ = ["STORE_TIMEOUT", "StorageCalls", "Timeout"]
@@ -60,6 +61,7 @@ class StorageCalls:
 
     _connector: Connector
     _sql: Statements
+    _sequencer: Sequencer | None
     serializer: Serializer
     timeout: float | None
     enable_hard_deletes: bool
@@ -82,6 +84,25 @@ class StorageCalls:
         seconds = self._seconds(timeout)
         with self._connector.connect(conn, transaction=tx, timeout=seconds) as c:
             return work(c)
+
+    # -- global order (sequencer mode) ----------------------------------------
+
+    def advance_all_stream(self) -> int:
+        """Number committed appends still waiting into ``$all`` (sequencer mode).
+
+        Reads of ``$all`` call this first, so they see every event committed
+        before they started. Returns the new head of ``$all``, or a negative
+        number when nothing waited (always in lock mode, where nothing waits).
+        Runs on the store's own connection, never in a caller's transaction.
+        """
+        if self._sequencer is None:
+            return -1
+        return self._sequencer.advance()
+
+    def _sequence_soon(self) -> None:
+        """Number waiting appends on the sequencer's worker thread (sequencer mode)."""
+        if self._sequencer is not None:
+            self._sequencer.help_soon()
 
     # -- writing -----------------------------------------------------------
 
@@ -113,6 +134,9 @@ class StorageCalls:
             lambda c: appender.append(c, self._sql, stream_uuid, expected, prepared),
             timeout=seconds,
         )
+        if self._sequencer is not None:
+            # global_order="sequencer": number it into $all once committed.
+            self._sequencer.appended(conn)
 
     def link_to_stream(
         self,
@@ -198,6 +222,8 @@ class StorageCalls:
         seconds = self._seconds(timeout)
 
         def read(start: int, count: int) -> list[RecordedEvent]:
+            if stream_uuid == ALL_STREAM:
+                self.advance_all_stream()
             return self._run(
                 conn,
                 lambda c: reader.read_events(
@@ -355,6 +381,8 @@ class StorageCalls:
         StoreTimeoutError."""
         stream_uuid = check.check_stream_uuid(stream_uuid)
         seconds = self._seconds(timeout)
+        if stream_uuid == ALL_STREAM:
+            self.advance_all_stream()
         return self._run(
             conn, lambda c: reader.stream_info(c, self._sql, stream_uuid), timeout=seconds
         )

@@ -1,6 +1,6 @@
 """The ``eventstore`` console command: a thin argparse shell over :mod:`.commands`.
 
-Usage: ``eventstore {create,drop,init,migrate,migrations} [--url URL]
+Usage: ``eventstore {create,drop,init,migrate,migrations,check} [--url URL]
 [--schema NAME] [--quiet]``, and ``eventstore parked {list,replay,discard} NAME
 [--stream S] [--event N ...] [--json]`` with the same options; ``--url``
 defaults to ``$EVENTSTORE_URL``. Exit
@@ -89,6 +89,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("migrate", parents=[common], help="apply pending migrations")
     sub.add_parser("migrations", parents=[common], help="list migrations: applied or pending")
+    check = sub.add_parser(
+        "check",
+        parents=[common],
+        help="verify $all and the streams: no holes, every event linked once (exit 1 if not)",
+    )
+    check.add_argument(
+        "--allow-holes",
+        action="store_true",
+        help="accept holes in $all (left by hard deletes)",
+    )
     _add_parked(sub, common)
     return parser
 
@@ -155,6 +165,8 @@ def _run(args: argparse.Namespace) -> None:
         )
     elif args.command == "migrate":
         commands.migrate(url, args.schema, args.quiet)
+    elif args.command == "check":
+        commands.check(url, args.schema, args.quiet, allow_holes=args.allow_holes)
     elif args.command == "parked":
         _run_parked(url, args)
     else:

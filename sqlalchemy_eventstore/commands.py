@@ -33,6 +33,7 @@ from ._types import ALL_STREAM, ParkedEvent
 from .errors import EventStoreError
 from .serializers import JsonbSerializer, JsonSerializer
 from .storage import parked, upgrades
+from .storage.checker import CheckReport, check_schema
 from .storage.schema import (
     ADDITIONS_NAME,
     SCHEMA_LOCK_KEY,
@@ -43,8 +44,10 @@ from .storage.schema import (
 from .store import EventStore, _engine_url
 
 __all__ = [
+    "CheckReport",
     "CommandError",
     "MigrationStatus",
+    "check",
     "create",
     "drop",
     "init",
@@ -407,6 +410,36 @@ def migrations(
     for status in statuses:
         _say(quiet, f"  {status.version:<12}  {status.status}")
     return statuses
+
+
+def check(
+    url: str | URL, schema: str = "public", quiet: bool = False, *, allow_holes: bool = False
+) -> CheckReport:
+    """Verify the event store's invariants; raise :class:`CommandError` on a violation.
+
+    First numbers committed appends still waiting for ``$all``
+    (``global_order="sequencer"``), then checks: ``$all`` positions 1..N
+    without holes, every event linked into ``$all`` exactly once, every
+    stream's versions without holes, each stream in stream order in ``$all``.
+    Holes that hard deletes leave in ``$all`` are violations unless
+    ``allow_holes``. Prints what it found (unless ``quiet``) and returns it.
+    """
+    given, url_ = _parse_url(url)
+    _check_schema(schema)
+    with (
+        _failures(f'cannot check schema "{schema}"', given),
+        _connection(url_, autocommit=True) as conn,
+    ):
+        if upgrades.recorded_versions(conn, schema) is None:
+            raise _not_initialised(schema, given.database)
+        report = check_schema(conn, schema, allow_holes=allow_holes)
+    _say(quiet, f"EventStore: {_show(given)} schema {schema}")
+    for line in report.lines():
+        _say(quiet, f"  {line}")
+    problems = report.violations()
+    if problems:
+        raise CommandError(f"check found {len(problems)} kinds of violation in schema {schema!r}")
+    return report
 
 
 # -- parked events -----------------------------------------------------------------

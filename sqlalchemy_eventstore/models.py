@@ -16,7 +16,7 @@ number of stores side by side. Query them the same way::
 (:func:`sqlalchemy_eventstore.models.metadata_for` builds that variant).
 
 Beyond the reference's tables, :data:`ADDITION_TABLES` names this package's own
-additions (``parked_events``): the reference never reads them, and they are
+additions (``parked_events``, ``unsequenced``): the reference never reads them, and they are
 created apart from its layout (``storage.schema.additions_ddl``).
 """
 
@@ -53,6 +53,7 @@ __all__ = [
     "Stream",
     "StreamEvent",
     "Subscription",
+    "UnsequencedRow",
     "metadata",
     "metadata_for",
 ]
@@ -196,9 +197,26 @@ class ParkedEventRow(Base):
     )
 
 
+class UnsequencedRow(Base):
+    """An append waiting to be numbered into ``$all`` (``global_order="sequencer"``);
+    not the reference's.
+
+    One row per append: its stream and the versions it wrote. The sequencer
+    (``storage.sequencer_sql``) links the events into ``$all`` in ``seq``
+    order and deletes the row in the same transaction.
+    """
+
+    __tablename__ = "unsequenced"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    stream_id: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    first_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
 #: This package's own tables, beside the reference's (created by
 #: ``storage.schema.additions_ddl``, never by the reference's layout).
-ADDITION_TABLES: frozenset[str] = frozenset({"parked_events"})
+ADDITION_TABLES: frozenset[str] = frozenset({"parked_events", "unsequenced"})
 
 
 def metadata_for(

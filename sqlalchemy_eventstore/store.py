@@ -31,6 +31,7 @@ from .serializers import JsonbSerializer, JsonSerializer, Serializer
 from .storage import parked
 from .storage.connection import Connector, ConnLike
 from .storage.schema import create_schema
+from .storage.sequencer import Sequencer
 from .storage.sql import Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
@@ -39,6 +40,9 @@ from .subscriptions.reading import Backend
 from .subscriptions.runner import Runner
 
 __all__ = ["EventStore"]
+
+#: The values of the ``global_order`` option.
+GLOBAL_ORDERS = ("lock", "sequencer")
 
 _instances: weakref.WeakSet[EventStore] = weakref.WeakSet()
 _instances_lock = threading.Lock()
@@ -85,6 +89,11 @@ class EventStore(StorageCalls):
     its three foreign keys: appends get much faster, and the append and link
     statements still guarantee what the keys check. It only matters to
     ``init``; a store works on either variant whatever this says.
+
+    ``global_order`` is ``"lock"`` (the reference's way: an append holds the
+    ``$all`` row's lock until its transaction ends) or ``"sequencer"`` (an
+    append locks only its stream; its events are numbered into ``$all`` after
+    its commit). See docs/global-order.md.
     """
 
     def __init__(
@@ -100,6 +109,7 @@ class EventStore(StorageCalls):
         name: str | None = None,
         timeout: float | None = 15.0,
         foreign_keys: bool = True,
+        global_order: str = "lock",
     ) -> None:
         if not isinstance(foreign_keys, bool):
             raise TypeError("foreign_keys must be a bool")
@@ -132,6 +142,8 @@ class EventStore(StorageCalls):
             raise ValueError("subscription_retry_interval must be > 0")
         if name is not None and not isinstance(name, str):
             raise TypeError("name must be a str or None")
+        if global_order not in GLOBAL_ORDERS:
+            raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
         self.timeout = check.check_timeout(timeout)
 
         if isinstance(url_or_engine, Engine):
@@ -172,7 +184,15 @@ class EventStore(StorageCalls):
         self.name = name
         self.foreign_keys = foreign_keys
         # Prepared statements cannot cross a transaction-mode pooler.
-        self._sql = Statements(schema, column_data_type, prepare=session_mode_url is None)
+        self.global_order = global_order
+        self._sql = Statements(
+            schema,
+            column_data_type,
+            prepare=session_mode_url is None,
+            global_order=global_order,
+        )
+        # global_order="sequencer": numbers committed appends into $all.
+        self._sequencer = Sequencer(self._engine, schema) if global_order == "sequencer" else None
         # How a call's timeout reaches PostgreSQL (see storage.connection):
         # kept on the store's own connections, set per transaction through a
         # transaction-mode pooler, set and put back on a caller's Engine.
@@ -228,6 +248,8 @@ class EventStore(StorageCalls):
             runner, self._runner = self._runner, None
         if runner is not None:
             runner.stop()
+        if self._sequencer is not None:
+            self._sequencer.close()
         if self._owns_engine:
             self._engine.dispose()
 
@@ -276,6 +298,7 @@ class EventStore(StorageCalls):
             session_url=self.session_mode_url or self._engine.url,
             session_creator=creator,
             retry_interval=self.subscription_retry_interval,
+            sequence_soon=self._sequence_soon if self._sequencer is not None else None,
         )
 
     def subscribe(

@@ -20,6 +20,9 @@ from typing import Any
 
 from sqlalchemy import Connection, text
 
+from sqlalchemy_eventstore.storage.schema import notification_trigger_ddl
+from sqlalchemy_eventstore.storage.sequencer_sql import drop_sequencer_ddl
+
 _QUERIES = {
     "tables": """
         SELECT table_name, table_type FROM information_schema.tables
@@ -118,10 +121,14 @@ REFERENCE_TABLES = {
     "schema_migrations",
 }
 # This package's own additions, beside the reference's tables.
-ADDITION_TABLES = {"parked_events"}
+ADDITION_TABLES = {"parked_events", "unsequenced"}
 EVENTSTORE_TABLES = REFERENCE_TABLES | ADDITION_TABLES
-EVENTSTORE_FUNCTIONS = {"event_store_exception", "event_store_delete", "notify_events"}
+REFERENCE_FUNCTIONS = {"event_store_exception", "event_store_delete", "notify_events"}
+# The sequencer's (global_order="sequencer"), also additions.
+ADDITION_FUNCTIONS = {"eventstore_link_waiting", "eventstore_sequence"}
+EVENTSTORE_FUNCTIONS = REFERENCE_FUNCTIONS | ADDITION_FUNCTIONS
 EVENTSTORE_TRIGGERS = {
+    "eventstore_link_waiting",
     "no_delete_streams",
     "event_notification",
     "no_delete_events",
@@ -161,6 +168,9 @@ _TIMESTAMPS = [
 def make_reference_v1_3_2(conn: Connection, schema: str) -> None:
     """Turn an initialised ``schema`` into what the reference (v1.4) creates: no additions."""
     conn.exec_driver_sql(f'DROP TABLE "{schema}".parked_events')
+    for statement in drop_sequencer_ddl(schema, notification_trigger_ddl(schema)):
+        conn.exec_driver_sql(statement)
+    conn.exec_driver_sql(f'DROP TABLE "{schema}".unsequenced')
 
 
 def make_reference_layout(conn: Connection, schema: str, version: tuple[int, int, int]) -> None:

@@ -158,7 +158,8 @@ def driver(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-#: Storage contract modules: their ``store`` runs on every schema variant too.
+#: Storage contract modules: their ``store`` runs on every schema variant and
+#: in both global orders too.
 SCHEMA_VARIANT_MODULES = {
     "test_append",
     "test_append_concurrency",
@@ -175,7 +176,13 @@ SCHEMA_VARIANT_MODULES = {
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     if "store" in metafunc.fixturenames and module in SCHEMA_VARIANT_MODULES:
-        metafunc.parametrize("foreign_keys", [True, False], ids=["fks", "no-fks"])
+        # Both schema variants in lock mode, and the sequencer on the default
+        # variant: three combinations rather than four keeps CI time in check.
+        metafunc.parametrize(
+            ("foreign_keys", "global_order"),
+            [(True, "lock"), (False, "lock"), (True, "sequencer")],
+            ids=["fks", "no-fks", "sequencer"],
+        )
 
 
 @pytest.fixture
@@ -185,9 +192,18 @@ def foreign_keys() -> bool:
 
 
 @pytest.fixture
-def store(make_store: Callable[..., EventStore], driver: str, foreign_keys: bool) -> EventStore:
-    """An initialised store on a fresh schema, once per driver (and schema variant)."""
-    return make_store(driver=driver, foreign_keys=foreign_keys)
+def global_order() -> str:
+    """The ``store``'s global_order: "lock" unless the module is a contract module."""
+    return "lock"
+
+
+@pytest.fixture
+def store(
+    make_store: Callable[..., EventStore], driver: str, foreign_keys: bool, global_order: str
+) -> EventStore:
+    """An initialised store on a fresh schema, once per driver (and, in the
+    contract modules, per schema variant and global order)."""
+    return make_store(driver=driver, foreign_keys=foreign_keys, global_order=global_order)
 
 
 @pytest.fixture

@@ -427,21 +427,29 @@ def test_all_positions_follow_commit_order(
     with store.engine.connect() as conn:
         tx = conn.begin()
         store.append_to_stream(first_stream, 0, tagged(1, 0, 2), conn=conn)
-        # A writer to another stream waits for $all, so it cannot commit
-        # position 4 while positions 2 and 3 are still uncommitted.
-        second = background(lambda: store.append_to_stream(second_stream, 0, tagged(2, 0, 2)))
-        wait_until_blocked(admin_engine, second)
-        assert [e.event_number for e in store.read_all_streams_forward()] == [1]
+        if store.global_order == "lock":
+            # A writer to another stream waits for $all, so it cannot commit
+            # position 4 while positions 2 and 3 are still uncommitted.
+            second = background(lambda: store.append_to_stream(second_stream, 0, tagged(2, 0, 2)))
+            wait_until_blocked(admin_engine, second)
+            assert [e.event_number for e in store.read_all_streams_forward()] == [1]
+        else:
+            # Sequencer: the other writer does not wait; it commits first and
+            # is numbered first.
+            store.append_to_stream(second_stream, 0, tagged(2, 0, 2))
+            assert [e.data["w"] for e in store.read_all_streams_forward()] == [0, 2, 2]
         tx.commit()
-        assert outcome(second) is None
+        if store.global_order == "lock":
+            assert outcome(second) is None
 
     events = store.read_all_streams_forward()
+    later, earlier = (2, 1) if store.global_order == "lock" else (1, 2)
     assert [(e.event_number, e.data["w"]) for e in events] == [
         (1, 0),
-        (2, 1),
-        (3, 1),
-        (4, 2),
-        (5, 2),
+        (2, earlier),
+        (3, earlier),
+        (4, later),
+        (5, later),
     ]
 
 

@@ -211,7 +211,19 @@ ADDITION_COLUMNS = {
     ],
 }
 
+ADDITION_COLUMNS["unsequenced"] = [
+    ("seq", "bigint", "NO", "nextval('unsequenced_seq_seq'::regclass)"),
+    ("stream_id", "bigint", "NO", None),
+    ("first_version", "bigint", "NO", None),
+    ("last_version", "bigint", "NO", None),
+]
+
 ADDITION_INDEXES = {
+    (
+        "unsequenced",
+        "unsequenced_pkey",
+        "CREATE UNIQUE INDEX unsequenced_pkey ON unsequenced USING btree (seq)",
+    ),
     (
         "parked_events",
         "parked_events_pkey",
@@ -220,7 +232,34 @@ ADDITION_INDEXES = {
     ),
 }
 
+# The sequencer's: a trigger numbering waiting appends before any $all update,
+# and the reference's notification trigger re-created with a WHEN clause that
+# only sequencer-mode appends make false (their NOTIFY comes per batch).
+REFERENCE_NOTIFICATION_TRIGGER = (
+    "streams",
+    "event_notification",
+    "CREATE TRIGGER event_notification AFTER INSERT OR UPDATE ON streams FOR EACH ROW "
+    "EXECUTE FUNCTION notify_events()",
+)
+ADDITION_TRIGGERS = {
+    (
+        "streams",
+        "eventstore_link_waiting",
+        "CREATE TRIGGER eventstore_link_waiting BEFORE UPDATE ON streams FOR EACH ROW "
+        "WHEN ((old.stream_id = 0)) EXECUTE FUNCTION eventstore_link_waiting()",
+    ),
+    (
+        "streams",
+        "event_notification",
+        "CREATE TRIGGER event_notification AFTER INSERT OR UPDATE ON streams FOR EACH ROW "
+        "WHEN ((new.stream_uuid IS DISTINCT FROM "
+        "current_setting('eventstore.quiet_stream'::text, true))) "
+        "EXECUTE FUNCTION notify_events()",
+    ),
+}
+
 ADDITION_CONSTRAINTS = {
+    ("unsequenced", "unsequenced_pkey", "PRIMARY KEY (seq)"),
     ("parked_events", "parked_events_pkey", "PRIMARY KEY (subscription_id, event_number)"),
     (
         "parked_events",
@@ -364,9 +403,19 @@ def test_triggers_and_functions_match_the_reference(store, admin_engine):
         "SELECT sequence_name FROM information_schema.sequences WHERE sequence_schema = :schema",
     )
 
-    assert triggers == EXPECTED_TRIGGERS
-    assert functions == {("event_store_exception",), ("event_store_delete",), ("notify_events",)}
-    assert sequences == {("streams_stream_id_seq",), ("subscriptions_subscription_id_seq",)}
+    assert triggers == (EXPECTED_TRIGGERS - {REFERENCE_NOTIFICATION_TRIGGER}) | ADDITION_TRIGGERS
+    assert functions == {
+        ("event_store_exception",),
+        ("event_store_delete",),
+        ("notify_events",),
+        ("eventstore_link_waiting",),
+        ("eventstore_sequence",),
+    }
+    assert sequences == {
+        ("streams_stream_id_seq",),
+        ("subscriptions_subscription_id_seq",),
+        ("unsequenced_seq_seq",),
+    }
 
 
 def test_initial_rows(store, admin_engine):

@@ -1,7 +1,8 @@
 """Event store additions 1: this package's own tables beside the reference's.
 
 Creates the ``parked_events`` table (parked events of persistent
-subscriptions) with the idempotent statements that ``EventStore.init()`` and
+subscriptions) and what ``global_order="sequencer"`` needs (the ``unsequenced``
+queue, its functions and triggers) with the idempotent statements that ``EventStore.init()`` and
 the ``migrate`` command run (``sqlalchemy_eventstore.storage.schema.additions_ddl``),
 so a schema made by any of them, or by the Elixir library, ends up the same.
 The reference's tables, functions and ``schema_migrations`` rows are left as

@@ -117,6 +117,9 @@ class Publisher:
     def remove_transient(self, handle: Delivery) -> None:
         self._transients = [t for t in self._transients if t.handle is not handle]
 
+    def transients(self) -> list[_Transient]:
+        return list(self._transients)
+
     def transient_handles(self) -> list[Delivery]:
         return [t.handle for t in self._transients]
 

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..models import ADDITION_TABLES, metadata_for
+from .sequencer_sql import drop_sequencer_ddl, sequencer_ddl
 
 __all__ = [
     "ADDITIONS_NAME",
@@ -64,6 +65,7 @@ _TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "
 # Dropped before the reference's tables (they refer to subscriptions).
 _ADDITION_TABLES = tuple(sorted(ADDITION_TABLES))
 _FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
+_ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence(boolean)")
 
 
 def quote_ident(name: str) -> str:
@@ -103,11 +105,16 @@ def additions_ddl(schema: str) -> list[str]:
 
     ``CREATE TABLE IF NOT EXISTS`` (and ``CREATE INDEX IF NOT EXISTS``) of the
     tables in :data:`~sqlalchemy_eventstore.models.ADDITION_TABLES`, compiled
-    from their models. They need the reference's ``subscriptions`` table (a
-    foreign key refers to it) and change nothing of the reference's.
+    from their models, then the sequencer's functions and triggers
+    (:func:`.sequencer_sql.sequencer_ddl`). They need the reference's
+    ``subscriptions`` table (a foreign key refers to it) and change none of
+    its tables; the one reference object they touch is the
+    ``event_notification`` trigger, re-created with a WHEN clause that only
+    this package's sequencer-mode appends ever make false.
     """
     # The additions hold no payload column: the column data type is irrelevant.
-    return _create_tables(schema, "bytea", additions=True)
+    # Then the sequencer's functions and triggers (global_order="sequencer").
+    return [*_create_tables(schema, "bytea", additions=True), *sequencer_ddl(schema)]
 
 
 def exception_function_ddl(schema: str) -> str:
@@ -277,7 +284,10 @@ def schema_ddl(schema: str, column_data_type: str, *, foreign_keys: bool = True)
 def drop_additions_ddl(schema: str) -> list[str]:
     """Statements that drop this package's additions (and nothing of the reference's)."""
     s = quote_ident(schema)
-    return ["DROP TABLE IF EXISTS " + ", ".join(f"{s}.{table}" for table in _ADDITION_TABLES)]
+    return [
+        *drop_sequencer_ddl(schema, notification_trigger_ddl(schema)),
+        "DROP TABLE IF EXISTS " + ", ".join(f"{s}.{table}" for table in _ADDITION_TABLES),
+    ]
 
 
 def drop_schema_ddl(schema: str) -> list[str]:
@@ -292,7 +302,8 @@ def drop_schema_ddl(schema: str) -> list[str]:
     statements = [
         "DROP TABLE IF EXISTS "
         + ", ".join(f"{s}.{table}" for table in (*_ADDITION_TABLES, *_TABLES)),
-        "DROP FUNCTION IF EXISTS " + ", ".join(f"{s}.{fn}" for fn in _FUNCTIONS),
+        "DROP FUNCTION IF EXISTS "
+        + ", ".join(f"{s}.{fn}" for fn in (*_ADDITION_FUNCTIONS, *_FUNCTIONS)),
     ]
     if schema != "public":
         statements.append(

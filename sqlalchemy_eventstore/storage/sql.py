@@ -39,7 +39,7 @@ _EVENT_COLUMNS = """
 """
 
 
-def _append(s: str, data_type: str, *, may_create: bool = True) -> str:
+def _append(s: str, data_type: str, *, may_create: bool = True, sequenced: bool = False) -> str:
     # Without may_create (an expected version > 0, or STREAM_EXISTS) the
     # `created` CTE could never insert: the variant leaves it out, which saves
     # its planning (about a tenth of a millisecond per append) and nothing else.
@@ -65,8 +65,19 @@ created AS (
         if may_create
         else ""
     )
+    quiet, quiet_check = ("", "")
+    if sequenced:
+        # The stream row's own NOTIFY is left to the sequencer's batch (see
+        # sequencer_sql): a transaction-local setting names this stream, set
+        # before its row changes (the check is evaluated before the update).
+        quiet = """
+quiet AS (
+    SELECT set_config('eventstore.quiet_stream', %(stream_uuid)s, true)
+),"""
+        quiet_check = """
+      AND EXISTS (SELECT 1 FROM quiet)"""
     return f"""
-WITH
+WITH{quiet}
 new_events AS (
     SELECT * FROM unnest(
         CAST(%(event_ids)s AS uuid[]),
@@ -86,22 +97,13 @@ updated AS (
     UPDATE {s}.streams SET stream_version = stream_version + %(count)s
     WHERE stream_uuid = %(stream_uuid)s
       AND deleted_at IS NULL
-      AND (CAST(%(expected)s AS bigint) < 0 OR stream_version = %(expected)s)
+      AND (CAST(%(expected)s AS bigint) < 0 OR stream_version = %(expected)s){quiet_check}
     RETURNING stream_id, stream_version - %(count)s AS initial_version
 ),{created}
 stream AS (
     SELECT stream_id, initial_version FROM updated{created_union}
 ),
--- Global order. Every append takes the $all row's lock (always after its own
--- stream's row, as the reference does, so appenders never deadlock each other)
--- and holds it until commit: appends commit one at a time in $all order, so
--- $all positions are gap-free and a reader never sees position n+1 before n.
--- It runs only once the stream check passed (EXISTS on `stream`).
-all_stream AS (
-    UPDATE {s}.streams SET stream_version = stream_version + %(count)s
-    WHERE stream_id = 0 AND EXISTS (SELECT 1 FROM stream)
-    RETURNING stream_version - %(count)s AS initial_version
-),
+{_global_order(s, sequenced)}
 inserted_events AS (
     INSERT INTO {s}.events
         (event_id, event_type, causation_id, correlation_id, data, metadata)
@@ -115,16 +117,47 @@ inserted_stream_events AS (
     SELECT ne.event_id, st.stream_id, st.initial_version + ne.idx,
            st.stream_id, st.initial_version + ne.idx
     FROM new_events ne, stream st
-    UNION ALL
-    SELECT ne.event_id, 0, a.initial_version + ne.idx,
-           st.stream_id, st.initial_version + ne.idx
-    FROM new_events ne, stream st, all_stream a
+{"" if sequenced else _ALL_LINKS}
 )
 -- One row when the events were written, none when refused: the caller then
 -- reads the stream's state to say why (refusals are rare; the lean statement
 -- keeps every successful append cheaper to plan).
 SELECT stream_id, initial_version FROM stream
 """
+
+
+_ALL_LINKS = """    UNION ALL
+    SELECT ne.event_id, 0, a.initial_version + ne.idx,
+           st.stream_id, st.initial_version + ne.idx
+    FROM new_events ne, stream st, all_stream a"""
+
+
+def _global_order(s: str, sequenced: bool) -> str:
+    """The CTE that places an append in ``$all``: now (lock) or after commit (sequencer)."""
+    if sequenced:
+        # global_order="sequencer": no $all lock. The appended range waits in
+        # the queue until a sequencer (or any writer numbering $all) links it,
+        # after this transaction commits. The queue row is formed from
+        # `stream`, so its seq is drawn after this stream's row lock: one
+        # stream's waiting rows are in stream order.
+        return f"""
+queued AS (
+    INSERT INTO {s}.unsequenced (stream_id, first_version, last_version)
+    SELECT stream_id, initial_version + 1, initial_version + %(count)s FROM stream
+),"""
+    # Global order. Every append takes the $all row's lock (always after its own
+    # stream's row, as the reference does, so appenders never deadlock each other)
+    # and holds it until commit: appends commit one at a time in $all order, so
+    # $all positions are gap-free and a reader never sees position n+1 before n.
+    # It runs only once the stream check passed (EXISTS on `stream`). The
+    # eventstore_link_waiting trigger (sequencer_sql) first numbers any
+    # committed sequencer-mode appends still waiting, below this one.
+    return f"""
+all_stream AS (
+    UPDATE {s}.streams SET stream_version = stream_version + %(count)s
+    WHERE stream_id = 0 AND EXISTS (SELECT 1 FROM stream)
+    RETURNING stream_version - %(count)s AS initial_version
+),"""
 
 
 def _link(s: str) -> str:
@@ -263,16 +296,28 @@ class Statements:
 
     ``prepare``: run the hot statements (appends, page reads) as server-side
     prepared statements on psycopg2 (see :mod:`.prepared`); False behind a
-    transaction-mode pooler.
+    transaction-mode pooler. ``global_order``: "lock" (appends number $all
+    themselves) or "sequencer" (appends wait in the queue; see
+    :mod:`.sequencer_sql`).
     """
 
-    def __init__(self, schema: str, column_data_type: str, *, prepare: bool = False) -> None:
+    def __init__(
+        self,
+        schema: str,
+        column_data_type: str,
+        *,
+        prepare: bool = False,
+        global_order: str = "lock",
+    ) -> None:
         self.schema = schema
         self.column_data_type = column_data_type
         self.prepare = prepare
         s = quote_ident(schema)
-        self.append = _append(s, self.column_data_type)
-        self.append_existing = _append(s, self.column_data_type, may_create=False)
+        sequenced = global_order == "sequencer"
+        self.append = _append(s, self.column_data_type, sequenced=sequenced)
+        self.append_existing = _append(
+            s, self.column_data_type, may_create=False, sequenced=sequenced
+        )
         self.link = _link(s)
         self.read_forward = _read(s, "forward")
         self.read_backward = _read(s, "backward")
@@ -363,6 +408,17 @@ SELECT d.stream_id, c.stream_id AS current_id, c.stream_version AS current_versi
        c.deleted_at IS NOT NULL AS deleted
 FROM (SELECT 1) AS one LEFT JOIN deleted_stream d ON true LEFT JOIN current_stream c ON true
 """
+        # Sequencer mode, before a hard delete in its transaction: lock the
+        # stream (appends to it in flight commit first), then take its waiting
+        # queue rows in a statement of its own (a fresh snapshot sees every
+        # committed one; a sequencer linking them now is waited for). No one
+        # can then link its events into $all behind the delete's back.
+        self.lock_stream = (
+            f"SELECT stream_id FROM {s}.streams WHERE stream_uuid = %(stream_uuid)s FOR UPDATE"
+        )
+        self.drop_waiting: str | None = (
+            f"DELETE FROM {s}.unsequenced WHERE stream_id = %(stream_id)s" if sequenced else None
+        )
         self.record_snapshot = f"""
 INSERT INTO {s}.snapshots
     (source_uuid, source_version, source_type, data, metadata, created_at)

@@ -46,6 +46,10 @@ def delete_stream(
     if not hard:
         row = conn.exec_driver_sql(sql.soft_delete, params).one()
     else:
+        if sql.drop_waiting is not None:
+            locked = conn.exec_driver_sql(sql.lock_stream, params).first()
+            if locked is not None:
+                conn.exec_driver_sql(sql.drop_waiting, {"stream_id": locked[0]})
         previous = conn.exec_driver_sql(sql.current_hard_deletes).scalar()
         conn.exec_driver_sql(sql.enable_hard_deletes, {"value": "on"})
         # Put back after success only: a failed statement aborts the

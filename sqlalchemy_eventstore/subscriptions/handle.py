@@ -76,6 +76,11 @@ class Subscription:
         self._deliveries_lock = threading.Lock()
         self._last_error: BaseException | None = None
         self._handler_failing = False
+        # The handler's error on an event it parked: shown until the next success.
+        self._parked_error: BaseException | None = None
+        # (epoch, event_number) taken back by the runner when an earlier event
+        # of their partition key was parked: the worker skips them (handler mode).
+        self._taken_back: set[tuple[int, int]] = set()
         self._worker: threading.Thread | None = None
         if handler is not None:
             self._worker = threading.Thread(
@@ -333,13 +338,29 @@ class Subscription:
                     return False
                 self._stopped.wait(backoff(attempts))
                 continue
-            if self._handler_failing:
+            if self._handler_failing or (
+                self._parked_error is not None and self._last_error is self._parked_error
+            ):
                 self._handler_failing = False
                 self._last_error = None
+            self._parked_error = None
             return True
         return None
 
     def _handle(self, batch: list[Any], epoch: int, numbers: list[int]) -> None:
+        if self._taken_back:
+            self._taken_back = {t for t in self._taken_back if t[0] == epoch}
+            kept = [
+                (value, number)
+                for value, number in zip(batch, numbers, strict=True)
+                if (epoch, number) not in self._taken_back
+            ]
+            if len(kept) < len(numbers):
+                self._taken_back.difference_update((epoch, n) for n in numbers)
+                if not kept:
+                    return
+                batch = [value for value, _ in kept]
+                numbers = [number for _, number in kept]
         outcome = self._call(batch, epoch)
         if self._plain_transient or outcome is None:
             return
@@ -350,6 +371,9 @@ class Subscription:
             # The batch spent its retries: try its events one at a time, so
             # only events that fail on their own are parked.
             for value, number in zip(batch, numbers, strict=True):
+                if (epoch, number) in self._taken_back:
+                    self._taken_back.discard((epoch, number))
+                    continue  # parked behind an earlier event of its key
                 single = self._call([value], epoch)
                 if single is None:
                     return
@@ -362,8 +386,10 @@ class Subscription:
 
     def _park(self, epoch: int, number: int) -> None:
         reason = describe(self._last_error) if self._last_error else "handler failed"
-        self._runner.park(self._key, self, epoch, number, reason)
+        behind = self._runner.park(self._key, self, epoch, number, reason)
+        self._taken_back.update((epoch, n) for n in behind)
         self._handler_failing = False
+        self._parked_error = self._last_error
 
     def _join(self, timeout: float) -> None:
         if self._worker is not None and self._worker is not threading.current_thread():

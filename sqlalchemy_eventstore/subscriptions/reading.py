@@ -52,6 +52,9 @@ class Backend:
     session_url: URL
     session_creator: Callable[[], Any] | None
     retry_interval: float
+    # global_order="sequencer": asks the store to number waiting appends into
+    # $all soon, off the runner's thread (None in lock mode).
+    sequence_soon: Callable[[], None] | None = None
 
 
 def _convert(row: Any, serializer: Serializer) -> RecordedEvent | Unreadable:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
-from .._types import RecordedEvent
+from .._types import ALL_STREAM, RecordedEvent
 from ..errors import AlreadySubscribedError, SubscriptionAlreadyExistsError, TooManySubscribersError
 from ..notifications.listener import Listener
 from ..notifications.publisher import Publisher
@@ -47,6 +47,11 @@ Key = tuple[str, str]
 LOCK_CHECK_INTERVAL = 0.5
 # The longest the scheduler sleeps with nothing to do.
 MAX_SLEEP = 1.0
+
+# How often a runner with $all subscribers numbers waiting appends itself
+# (global_order="sequencer"): the longest the events of a writer that died
+# between its commit and its numbering wait for a live subscriber.
+SEQUENCE_INTERVAL = 0.5
 
 
 class Runner(LockSupervision):
@@ -87,6 +92,7 @@ class Runner(LockSupervision):
         self._kicked = False
         self._next_lock_check = 0.0
         self._logged_pass_error: str | None = None
+        self._next_sequence = 0.0
         self._thread = threading.Thread(
             target=self._run, name=f"eventstore-runner-{backend.schema}", daemon=True
         )
@@ -277,18 +283,24 @@ class Runner(LockSupervision):
             if wants_read or now >= sub.next_checkpoint_write:
                 self._kick()  # else the scheduler's timer writes it
 
-    def park(self, key: Key, handle: Subscription, epoch: int, number: int, reason: str) -> None:
-        """A handler gave up on an in-flight event: park it (written next pass)."""
+    def park(
+        self, key: Key, handle: Subscription, epoch: int, number: int, reason: str
+    ) -> list[int]:
+        """A handler gave up on an in-flight event: park it (written next pass).
+
+        Returns the later in-flight events of its partition key, parked behind
+        it: the handler must skip them."""
 
         with self._mutex:
             sub = self._persistent.get(key)
             if sub is None or sub.state is None or handle not in sub.handles:
-                return
+                return []
             if epoch != sub.epoch:
-                return
-            sub.state.park_in_flight(id(handle), number, reason)
+                return []
+            behind = sub.state.park_in_flight(id(handle), number, reason)
             self._dispatch(sub, time.monotonic())
             self._kick()
+            return behind
 
     def subscriber_died(self, key: Key, handle: Subscription) -> None:
         """A handler's worker thread died: remove the subscriber as if it left."""
@@ -424,6 +436,9 @@ class Runner(LockSupervision):
             self._publisher.on_notification(notification)
         self._publisher.retry_failed()
         now = time.monotonic()
+        if now >= self._next_sequence and self._backend.sequence_soon is not None:
+            self._next_sequence = now + SEQUENCE_INTERVAL
+            self._sequence_for_all_subscribers()
         if now >= self._next_lock_check and any(
             s.state is not None for s in self._persistent.values()
         ):
@@ -459,3 +474,14 @@ class Runner(LockSupervision):
         after = sub.options.checkpoint_after
         if after is not None and state.checkpoint_pending and now - sub.last_ack_at >= after:
             self._write_checkpoint(sub)
+
+    def _sequence_for_all_subscribers(self) -> None:
+        """Number waiting appends when anyone here follows ``$all`` (sequencer
+        mode), on the store's sequencer thread: the ``$all`` notification of
+        the batch then publishes them, and this thread never waits for a
+        lock-mode writer holding ``$all``."""
+        follows_all = any(
+            s.stream_uuid == ALL_STREAM and s.state is not None for s in self._persistent.values()
+        ) or ALL_STREAM in {t.stream_uuid for t in self._publisher.transients()}
+        if follows_all and self._backend.sequence_soon is not None:
+            self._backend.sequence_soon()

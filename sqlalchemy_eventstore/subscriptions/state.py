@@ -486,16 +486,36 @@ class SubscriptionState:
             "(never sent to it, or already acked)"
         )
 
-    def park_in_flight(self, key: Hashable, event_number: int, reason: str) -> None:
-        """The subscriber's handler gave up on an in-flight event: park it."""
+    def park_in_flight(self, key: Hashable, event_number: int, reason: str) -> list[int]:
+        """The subscriber's handler gave up on an in-flight event: park it.
+
+        With ``partition_by``, the events of its key sent to this subscriber
+        after it (later in its batch, or in later batches) are taken back and
+        parked behind it -- handling them would break the key's order. Returns
+        the numbers taken back: the subscriber must not handle them.
+        """
         slot = self._slot(key)
         index = self._position(slot, event_number)
         event = slot.in_flight.pop(index)
+        partition = self._key_of(event)
+        behind: list[RecordedEvent] = []
+        if partition is not None:
+            kept: list[RecordedEvent] = []
+            for later in slot.in_flight[index:]:
+                (behind if self._key_of(later) == partition else kept).append(later)
+            slot.in_flight[index:] = kept
         if event_number in self.replays:
             # Already parked: it stays parked, and is no longer being replayed.
             self.replays.discard(event_number)
-            return
-        self._park(event, reason, self._key_of(event))
+        else:
+            self._park(event, reason, partition)
+        for later in behind:
+            number = later.event_number
+            if number in self.replays:
+                self.replays.discard(number)  # stays parked, behind the failed one
+            else:
+                self._park(later, f"blocked behind parked event {event_number}", partition)
+        return [e.event_number for e in behind]
 
     def _finish(self, number: int) -> None:
         if number in self.replays:

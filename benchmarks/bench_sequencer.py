@@ -1,0 +1,328 @@
+"""global_order="sequencer" against "lock", side by side in one run.
+
+Run it as a script (it is not a test)::
+
+    python benchmarks/bench_sequencer.py [--url URL] [--quick] [--seconds S]
+
+Server selection as in ``bench_storage.py``. Every figure is measured for both
+modes on the same server in the same run, each in a fresh schema:
+
+1. throughput: 16 writer *processes* (no GIL between them), each appending to a
+   stream of its own for S seconds, batches of 1 and of 10: events/s, and the
+   ratio sequencer / lock (target >= 3x);
+2. a ``conn=`` transaction held open 5 s: 8 writer processes append
+   meanwhile; their p99 append latency with the open transaction minus their
+   p99 without it (target: < 5 ms added in sequencer mode; lock mode adds the
+   5 s);
+3. subscriber latency: a persistent ``$all`` subscription with a handler,
+   from just *before* each single-event append call to the handler, alone and
+   while 4 writer processes append in the background (target p99 < 25 ms);
+4. what NOTIFY costs: the sequencer throughput of (1) with the stream row's
+   NOTIFY at every append's commit (the reference's trigger without this
+   package's WHEN clause) against the batched notification;
+5. what the queue costs lock mode: a single writer's append latency with the
+   trigger that numbers waiting events (an empty-queue probe) and without it.
+
+Targets print PASS/BELOW; the exit status is 0 whatever the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import threading
+import time
+import uuid
+from typing import Any
+
+from bench_storage import make_events, server
+from sqlalchemy import create_engine
+from sqlalchemy.engine import URL
+
+from sqlalchemy_eventstore import ANY_VERSION, CURRENT, EventStore
+
+MODES = ("lock", "sequencer")
+
+
+def percentile(samples: list[float], p: float) -> float:
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
+
+
+def new_schema(url: URL, mode: str) -> str:
+    schema = f"bench_seq_{mode}_{uuid.uuid4().hex[:8]}"
+    with EventStore(url, schema=schema, global_order=mode) as store:
+        store.init()
+    return schema
+
+
+def drop_schema(url: URL, schema: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    engine.dispose()
+
+
+# -- writer processes ------------------------------------------------------------
+
+
+def writer(
+    url: str,
+    schema: str,
+    mode: str,
+    stream: str,
+    batch: int,
+    start: Any,
+    stop: Any,
+    results: Any,
+) -> None:
+    """Append batches until ``stop``; report (events, [latency ms, stamped])."""
+    store = EventStore(url, schema=schema, global_order=mode, name=f"bench-{stream}")
+    events = make_events(batch)
+    store.append_to_stream(stream, ANY_VERSION, events)  # connect, warm up
+    start.wait()
+    done = 0
+    samples: list[tuple[float, float]] = []
+    while not stop.is_set():
+        began = time.perf_counter()
+        store.append_to_stream(stream, ANY_VERSION, events)
+        ended = time.perf_counter()
+        samples.append((time.time(), (ended - began) * 1000))
+        done += batch
+    store.close()
+    results.put((done, samples))
+
+
+class Writers:
+    """N writer processes on distinct streams, released together."""
+
+    def __init__(self, url: URL, schema: str, mode: str, n: int, batch: int) -> None:
+        ctx = mp.get_context("spawn")
+        self.start = ctx.Barrier(n + 1)
+        self.stop = ctx.Event()
+        self.results: Any = ctx.Queue()
+        text = url.render_as_string(hide_password=False)
+        self.procs = [
+            ctx.Process(
+                target=writer,
+                args=(text, schema, mode, f"w-{i}", batch, self.start, self.stop, self.results),
+            )
+            for i in range(n)
+        ]
+        for p in self.procs:
+            p.start()
+
+    def go(self) -> float:
+        self.start.wait()
+        return time.time()
+
+    def finish(self) -> tuple[int, list[tuple[float, float]]]:
+        self.stop.set()
+        total, samples = 0, []
+        for _ in self.procs:
+            done, got = self.results.get(timeout=120)
+            total += done
+            samples += got
+        for p in self.procs:
+            p.join(30)
+        return total, samples
+
+
+def throughput(url: URL, mode: str, batch: int, seconds: float, *, loud: bool = False) -> float:
+    schema = new_schema(url, mode)
+    if loud:
+        restore_reference_notification(url, schema)
+    try:
+        writers = Writers(url, schema, mode, 16, batch)
+        began = writers.go()
+        time.sleep(seconds)
+        total, samples = writers.finish()
+        # Count only appends that completed within the window.
+        in_window = sum(batch for stamp, _ in samples if stamp <= began + seconds)
+        del total
+        return in_window / seconds
+    finally:
+        drop_schema(url, schema)
+
+
+def restore_reference_notification(url: URL, schema: str) -> None:
+    """The reference's notification trigger (no WHEN): every append notifies."""
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(
+            "CREATE OR REPLACE TRIGGER event_notification AFTER INSERT OR UPDATE ON "
+            f'"{schema}".streams '
+            f'FOR EACH ROW EXECUTE PROCEDURE "{schema}".notify_events()'
+        )
+    engine.dispose()
+
+
+# -- an open transaction ---------------------------------------------------------------
+
+
+def held_transaction(url: URL, mode: str, hold: float) -> tuple[float, float]:
+    """p99 latency (ms) of 8 writers without, then with, a conn= transaction open ``hold`` s."""
+    schema = new_schema(url, mode)
+    try:
+        writers = Writers(url, schema, mode, 8, 1)
+        began = writers.go()
+        time.sleep(hold)  # the baseline window
+        holder = EventStore(url, schema=schema, global_order=mode)
+        opened = time.time()
+        with holder.engine.connect() as conn:
+            conn.begin()
+            holder.append_to_stream("held", ANY_VERSION, make_events(1), conn=conn)
+            time.sleep(hold)
+            conn.commit()
+        closed = time.time()
+        time.sleep(0.5)
+        _, samples = writers.finish()
+        holder.close()
+        before = [ms for stamp, ms in samples if began + 0.5 <= stamp < opened]
+        # Appends that overlapped the open transaction: ended after it opened
+        # and (for lock mode) the ones released by its commit.
+        during = [ms for stamp, ms in samples if opened <= stamp <= closed + 0.5]
+        return percentile(before, 99), percentile(during, 99)
+    finally:
+        drop_schema(url, schema)
+
+
+# -- subscriber latency ------------------------------------------------------------------
+
+
+def subscriber_latency(url: URL, mode: str, n: int, load: int) -> list[float]:
+    schema = new_schema(url, mode)
+    try:
+        store = EventStore(url, schema=schema, global_order=mode)
+        arrived = threading.Event()
+        stamp = [0.0]
+        wanted = [""]
+
+        def handler(events: list[Any]) -> None:
+            if any(e.stream_uuid == wanted[0] for e in events):
+                stamp[0] = time.perf_counter()
+                arrived.set()
+
+        sub = store.subscribe_to_all_streams(
+            "bench-latency", handler=handler, start_from=CURRENT, buffer_size=1000
+        )
+        assert sub.wait_subscribed(10)
+        writers = Writers(url, schema, mode, load, 1) if load else None
+        if writers is not None:
+            writers.go()
+        samples = []
+        for i in range(n):
+            arrived.clear()
+            wanted[0] = f"probe-{i}"
+            sent = time.perf_counter()
+            store.append_to_stream(wanted[0], ANY_VERSION, make_events(1, i))
+            if not arrived.wait(30):
+                print(f"   ({mode}: probe {i} not delivered within 30 s; stopping)")
+                break
+            samples.append((stamp[0] - sent) * 1000)
+            time.sleep(0.01)
+        if writers is not None:
+            writers.finish()
+        sub.unsubscribe()
+        store.close()
+        return samples
+    finally:
+        drop_schema(url, schema)
+
+
+# -- the trigger's cost in lock mode --------------------------------------------------------
+
+
+def lock_append_latency(url: URL, n: int, *, trigger: bool) -> float:
+    schema = new_schema(url, "lock")
+    try:
+        if not trigger:
+            engine = create_engine(url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.exec_driver_sql(f'DROP TRIGGER eventstore_link_waiting ON "{schema}".streams')
+            engine.dispose()
+        store = EventStore(url, schema=schema)
+        events = make_events(1)
+        for _ in range(20):
+            store.append_to_stream("warm", ANY_VERSION, events)
+        samples = []
+        for _ in range(n):
+            began = time.perf_counter()
+            store.append_to_stream("one", ANY_VERSION, events)
+            samples.append((time.perf_counter() - began) * 1000)
+        store.close()
+        return statistics.median(samples)
+    finally:
+        drop_schema(url, schema)
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "BELOW"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=None)
+    parser.add_argument("--quick", action="store_true", help="short windows (about a minute)")
+    parser.add_argument("--seconds", type=float, default=None, help="throughput window")
+    args = parser.parse_args(argv)
+    seconds = args.seconds or (2.0 if args.quick else 6.0)
+    hold = 2.0 if args.quick else 5.0
+    probes = 50 if args.quick else 200
+    with server(args.url) as url:
+        print(f"server: {url.render_as_string(hide_password=True)}", flush=True)
+        print(f"\n1. 16 writer processes, distinct streams, {seconds:.0f} s windows (events/s)")
+        print(f"   {'batch':>5}  {'lock':>9}  {'sequencer':>9}  ratio")
+        for batch in (1, 10):
+            rates = {mode: throughput(url, mode, batch, seconds) for mode in MODES}
+            ratio = rates["sequencer"] / rates["lock"]
+            print(
+                f"   {batch:>5}  {rates['lock']:>9.0f}  {rates['sequencer']:>9.0f}  "
+                f"{ratio:.2f}x  {verdict(ratio >= 3)} (>= 3x)",
+                flush=True,
+            )
+        print(f"\n2. a conn= transaction open {hold:.0f} s; 8 writers' p99 append latency (ms)")
+        for mode in MODES:
+            before, during = held_transaction(url, mode, hold)
+            added = during - before
+            target = f"{verdict(added < 5)} (< 5 ms added)" if mode == "sequencer" else ""
+            print(
+                f"   {mode:>9}: without {before:8.1f}  with {during:8.1f}  "
+                f"added {added:8.1f}  {target}",
+                flush=True,
+            )
+        print(f"\n3. $all subscriber latency, {probes} probes, append call -> handler (ms)")
+        for load in (0, 4):
+            for mode in MODES:
+                samples = subscriber_latency(url, mode, probes, load)
+                p50, p99 = percentile(samples, 50), percentile(samples, 99)
+                print(
+                    f"   {mode:>9}, {load} other writers: p50 {p50:6.1f}  p99 {p99:6.1f}  "
+                    f"{verdict(p99 < 25)} (p99 < 25)",
+                    flush=True,
+                )
+        print("\n4. NOTIFY at every append's commit vs per sequencer batch (16 writers, batch 1)")
+        quiet = throughput(url, "sequencer", 1, seconds)
+        loud = throughput(url, "sequencer", 1, seconds, loud=True)
+        print(
+            f"   per batch {quiet:8.0f} ev/s   per append {loud:8.0f} ev/s   "
+            f"ratio {quiet / loud:.2f}x",
+            flush=True,
+        )
+        print("\n5. lock mode, one writer: median append latency (ms)")
+        n = 200 if args.quick else 1000
+        with_trigger = lock_append_latency(url, n, trigger=True)
+        without = lock_append_latency(url, n, trigger=False)
+        print(
+            f"   with the waiting-events trigger {with_trigger:.3f}  without {without:.3f}  "
+            f"cost {with_trigger - without:+.3f} ms",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

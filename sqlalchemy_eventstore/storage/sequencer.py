@@ -1,0 +1,219 @@
+"""Numbering committed appends into ``$all`` after commit (``global_order="sequencer"``).
+
+The database does the numbering (``sequencer_sql``): ``<schema>.eventstore_sequence()``
+links every committed waiting append into ``$all``, one caller per schema at a
+time. This module decides *when* it is called, so that no deployment leaves a
+committed event out of ``$all`` for long:
+
+* an append without ``conn=`` calls it right after its own commit;
+* an append with ``conn=`` once the caller's transaction commits: a
+  ``Session`` through its ``after_commit`` event; a ``Connection`` through its
+  ``commit`` event, which fires *before* the commit, so a worker thread waits
+  for the transaction's outcome (``txid_status``) and then calls it;
+* writers only *try* the sequencer's lock (:meth:`Sequencer.help`): when it
+  is busy, its holder numbers their appends in its next round, so writers
+  never queue behind one another;
+* whoever needs ``$all`` complete waits for it (:meth:`Sequencer.advance`):
+  reads of ``$all``, ``stream_info("$all")``, subscriptions to ``$all`` (their
+  reads, plus a periodic call from the subscription runner) and
+  ``eventstore check``. A writer that exits, or is killed, between its
+  commit and its call loses nothing: its events wait in the queue for the
+  next of these.
+
+Calls are cheap when nothing waits (an index probe, no lock, no write).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import weakref
+from typing import Any
+
+from sqlalchemy import Connection, Engine, event
+from sqlalchemy.orm import Session
+
+from .connection import ConnLike, connection, resolve_conn
+from .schema import quote_ident
+from .sequencer_sql import BUSY, EMPTY
+
+__all__ = ["Sequencer"]
+
+logger = logging.getLogger("sqlalchemy_eventstore.sequencer")
+
+_PENDING = "sqlalchemy_eventstore.sequencer_pending"  # key in Session.info
+_NO_TRANSACTION = 0  # a worker job that only helps (no transaction to wait for)
+HELP_ROUNDS = 16  # sequencer rounds one appender runs at most for others
+_FIRST_POLL = 0.0005  # seconds between txid_status checks, doubled up to _MAX_POLL
+_MAX_POLL = 0.05
+
+
+class Sequencer:
+    """When and how one store runs the database's sequencer."""
+
+    def __init__(self, engine: Engine, schema: str) -> None:
+        self._engine = engine
+        s = quote_ident(schema)
+        self._sequence = f"SELECT {s}.eventstore_sequence(%(wait)s)"
+        self._work: queue.Queue[int | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._help_queued = False
+
+    # -- running the sequencer -------------------------------------------------------
+
+    def advance(self) -> int:
+        """Number every append committed before this call into ``$all``.
+
+        For readers: waits for a sequencer run in progress (it may have
+        started before the latest commits). Returns the new head of ``$all``,
+        or a negative number when nothing waited.
+        """
+        with connection(self._engine, None, transaction=False) as own:
+            return int(own.exec_driver_sql(self._sequence, {"wait": True}).scalar_one())
+
+    def help(self) -> None:
+        """After a commit: number what waits unless another sequencer is at it.
+
+        Never waits for the sequencer's lock: appenders that all waited would
+        form a convoy, each numbering the one or two appends committed since
+        the previous run (one fsync each). Instead whoever holds the lock
+        probes again after releasing it, so an append committed while it held
+        the lock -- whose own try failed -- is numbered by its next round. A
+        holder gives up after ``HELP_ROUNDS`` rounds (under endless load):
+        the appends still waiting then go with the next append, reader of
+        ``$all`` or subscription runner.
+        """
+        with connection(self._engine, None, transaction=False) as own:
+            for _ in range(HELP_ROUNDS):
+                result = int(own.exec_driver_sql(self._sequence, {"wait": False}).scalar_one())
+                if result in (EMPTY, BUSY):
+                    return
+
+    def help_quietly(self) -> None:
+        """:meth:`help` for callers whose own work already succeeded (an append,
+        a commit hook): a failure is logged, and the events wait for the next
+        reader of ``$all``."""
+        try:
+            self.help()
+        except Exception:
+            logger.warning("could not number waiting events into $all", exc_info=True)
+
+    # -- after an append ---------------------------------------------------------------
+
+    def appended(self, conn: ConnLike | None) -> None:
+        """An append was written on ``conn``: sequence once it is committed."""
+        if conn is not None:
+            conn = resolve_conn(conn)  # a scoped_session's current Session
+        if conn is None:
+            self.help_quietly()
+        elif isinstance(conn, Session):
+            self._watch_session(conn)
+        elif isinstance(conn, Connection):
+            self._watch_connection(conn)
+
+    def _watch_session(self, session: Session) -> None:
+        pending: set[Sequencer] = session.info.setdefault(_PENDING, set())
+        pending.add(self)
+        if not event.contains(session, "after_commit", _session_committed):
+            event.listen(session, "after_commit", _session_committed)
+            event.listen(session, "after_soft_rollback", _session_rolled_back)
+
+    def _watch_connection(self, conn: Connection) -> None:
+        pending = _pending_connections.setdefault(conn, {})
+        if self not in pending:
+            # The transaction id, to learn the outcome from another session:
+            # the commit event fires before the commit itself.
+            xid = conn.exec_driver_sql("SELECT txid_current()").scalar_one()
+            pending[self] = int(xid)
+        if not event.contains(conn, "commit", _connection_committing):
+            event.listen(conn, "commit", _connection_committing)
+            event.listen(conn, "rollback", _connection_rolled_back)
+
+    def help_soon(self) -> None:
+        """:meth:`help` on the worker thread (a subscription runner's periodic
+        call: its thread must not wait for a lock-mode writer holding ``$all``)."""
+        self.committing(_NO_TRANSACTION)
+
+    def committing(self, xid: int) -> None:
+        """The transaction ``xid`` is about to commit: sequence once it has."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="eventstore-sequencer", daemon=True
+                )
+                self._thread.start()
+        if xid == _NO_TRANSACTION:
+            with self._lock:
+                if self._help_queued:
+                    return
+                self._help_queued = True
+        self._work.put(xid)
+
+    def _run(self) -> None:
+        while True:
+            xid = self._work.get()
+            if xid is None:
+                return
+            if xid == _NO_TRANSACTION:
+                with self._lock:
+                    self._help_queued = False
+            try:
+                if xid == _NO_TRANSACTION or self._wait_committed(xid):
+                    self.help()
+            except Exception:
+                logger.warning("could not number waiting events into $all", exc_info=True)
+
+    def _wait_committed(self, xid: int) -> bool:
+        """Wait until transaction ``xid`` ended; True when it committed."""
+        pause = _FIRST_POLL
+        with connection(self._engine, None, transaction=False) as own:
+            while not self._closed:
+                status = own.exec_driver_sql("SELECT txid_status(%(xid)s)", {"xid": xid}).scalar()
+                if status != "in progress":
+                    return status == "committed"
+                time.sleep(pause)
+                pause = min(pause * 2, _MAX_POLL)
+        return False
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish queued work (sequencing what committed) and stop the worker."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._work.put(None)
+            thread.join(timeout)
+        self._closed = True
+
+
+# Module-level listeners: one per Session or Connection, whatever the stores.
+
+
+def _session_committed(session: Session) -> None:
+    for sequencer in session.info.pop(_PENDING, set()):
+        sequencer.help_quietly()
+
+
+def _session_rolled_back(session: Session, previous: Any) -> None:
+    if not session.in_transaction():
+        session.info.pop(_PENDING, None)
+
+
+# Per Connection object (not conn.info, which outlives it in the pool).
+_pending_connections: weakref.WeakKeyDictionary[Connection, dict[Sequencer, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _connection_committing(conn: Connection) -> None:
+    for sequencer, xid in _pending_connections.pop(conn, {}).items():
+        sequencer.committing(xid)
+
+
+def _connection_rolled_back(conn: Connection) -> None:
+    _pending_connections.pop(conn, None)

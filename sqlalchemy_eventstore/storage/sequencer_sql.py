@@ -1,0 +1,232 @@
+"""The SQL of ``global_order="sequencer"``: a queue of waiting appends and the
+functions and trigger that number them into ``$all``.
+
+How the pieces fit:
+
+* A sequencer-mode append locks only its own stream's row, writes its events
+  and their ``stream_events`` rows, and records the range it wrote as one row
+  of ``<schema>.unsequenced`` (``seq`` from a sequence, taken *after* the
+  stream row's lock, so one stream's waiting rows are in stream order).
+* ``<schema>.eventstore_link_waiting()`` is a ``BEFORE UPDATE`` trigger on the
+  ``$all`` row. Whoever updates that row holds its lock -- a lock-mode append
+  of this package, the reference's own append statement, or the sequencer --
+  and the trigger first links every committed waiting event into ``$all`` just
+  above the current head, then lets the update go on above them. So every
+  writer that numbers ``$all`` numbers the waiting events before its own: a
+  stream's events appear in ``$all`` in stream order whoever wrote them, and
+  positions stay gap-free because they are only ever given under that lock.
+* ``<schema>.eventstore_sequence()`` is the sequencer: when the queue holds a
+  committed row it takes the schema's sequencer advisory lock (transaction
+  scope: no session needs to outlive the call) and touches the ``$all`` row,
+  which fires the trigger. Anyone may call it at any time, any number of
+  times: readers of ``$all`` do, appenders after their commit do.
+
+Both functions are PL/pgSQL and VOLATILE on purpose: in READ COMMITTED each of
+their statements takes a fresh snapshot, so they see every append committed
+before they run -- even one that committed after the calling statement began
+(a lock-mode append whose snapshot predates a waiting append to its stream).
+"""
+
+from __future__ import annotations
+
+
+def quote_ident(name: str) -> str:
+    """Quote a Postgres identifier (as ``schema.quote_ident``; schema imports us)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+__all__ = [
+    "BUSY",
+    "drop_sequencer_ddl",
+    "EMPTIED",
+    "EMPTY",
+    "QUEUE_TABLE",
+    "sequencer_ddl",
+]
+
+#: The queue of appends waiting to be numbered into ``$all``.
+QUEUE_TABLE = "unsequenced"
+
+# What eventstore_sequence() returns besides the new head of $all (>= 0):
+EMPTY = -1  # nothing committed waited; no lock taken
+BUSY = -2  # (wait false) another sequencer holds the lock
+EMPTIED = -3  # the lock was taken, and the queue found empty under it
+
+
+def _literal(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _queue_options(s: str) -> str:
+    # The table itself comes from its model (models.UnsequencedRow). One row
+    # per waiting append, deleted once numbered: a high-churn queue, vacuumed
+    # eagerly so the probes stay an index descent.
+    return f"""
+ALTER TABLE {s}.{QUEUE_TABLE}
+SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000)
+"""
+
+
+def _link_waiting_function(s: str) -> str:
+    return f"""
+CREATE OR REPLACE FUNCTION {s}.eventstore_link_waiting()
+  RETURNS trigger AS $$
+DECLARE
+  linked bigint;
+  streams_notified bigint;
+BEGIN
+  -- Nothing waits (the common case): one index probe.
+  PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
+  IF NOT FOUND THEN
+    IF NEW.stream_version = OLD.stream_version THEN
+      RETURN NULL;  -- a sequencer's touch that found nothing: no update
+    END IF;
+    RETURN NEW;
+  END IF;
+  -- Runs with the $all row locked by the update that fired it, so no one
+  -- else is numbering $all now: the waiting events committed so far (this
+  -- statement's fresh snapshot) get the positions just above the head, in
+  -- queue order, each append's events in stream order. Rows of appends not
+  -- committed yet are invisible here and wait for a later run.
+  WITH taken AS (
+    DELETE FROM {s}.{QUEUE_TABLE}
+    RETURNING seq, stream_id, first_version, last_version
+  ),
+  waiting AS (
+    SELECT se.event_id, se.stream_id, se.stream_version,
+           row_number() OVER (ORDER BY t.seq, se.stream_version) AS n
+    FROM taken t
+    JOIN {s}.stream_events se
+      ON se.stream_id = t.stream_id
+     AND se.stream_version BETWEEN t.first_version AND t.last_version
+  ),
+  inserted AS (
+    INSERT INTO {s}.stream_events
+      (event_id, stream_id, stream_version, original_stream_id, original_stream_version)
+    SELECT event_id, 0, OLD.stream_version + n, stream_id, stream_version
+    FROM waiting
+    RETURNING 1
+  ),
+  -- Sequencer-mode appends do not notify at their commit (NOTIFY takes a
+  -- database-wide lock held through commit, which would serialise them
+  -- again): their streams are notified here, once per stream per batch, with
+  -- the reference's payload. The range ends at the stream's committed
+  -- version, so it also covers anything appended to it since.
+  notified AS (
+    SELECT pg_notify(
+             TG_TABLE_SCHEMA || '.events',
+             st.stream_uuid || ',' || st.stream_id || ',' || min(t.first_version) || ','
+               || greatest(max(t.last_version), st.stream_version))
+    FROM taken t
+    JOIN {s}.streams st ON st.stream_id = t.stream_id
+    GROUP BY st.stream_id, st.stream_uuid, st.stream_version
+  )
+  SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified)
+  INTO linked, streams_notified;
+
+  IF linked = 0 AND NEW.stream_version = OLD.stream_version THEN
+    -- The sequencer's touch found nothing: skip the update (no new row
+    -- version, no notification).
+    RETURN NULL;
+  END IF;
+  NEW.stream_version := NEW.stream_version + linked;
+  RETURN NEW;
+END;
+$$ LANGUAGE plpgsql VOLATILE;
+"""
+
+
+def _link_waiting_trigger(s: str) -> str:
+    # Fires for the $all row only (WHEN), before the row changes and after its
+    # lock is taken (a waiter re-fetches the newest row first).
+    return f"""
+CREATE TRIGGER eventstore_link_waiting
+BEFORE UPDATE ON {s}.streams
+FOR EACH ROW WHEN (OLD.stream_id = 0)
+EXECUTE PROCEDURE {s}.eventstore_link_waiting();
+"""
+
+
+def _quiet_notification_trigger(s: str) -> str:
+    # The reference's trigger, fired as before for every row except those a
+    # sequencer-mode append marks (its stream's row, named in a transaction-
+    # local setting): their notification comes from eventstore_link_waiting(),
+    # per batch. Writers that never set it -- the reference, lock mode -- see
+    # the reference's behaviour unchanged.
+    return f"""
+CREATE TRIGGER event_notification
+AFTER INSERT OR UPDATE ON {s}.streams
+FOR EACH ROW
+WHEN (NEW.stream_uuid IS DISTINCT FROM current_setting('eventstore.quiet_stream', true))
+EXECUTE PROCEDURE {s}.notify_events();
+"""
+
+
+def _sequence_function(s: str) -> str:
+    return f"""
+CREATE OR REPLACE FUNCTION {s}.eventstore_sequence(wait boolean DEFAULT true)
+  RETURNS bigint AS $$
+DECLARE
+  head bigint;
+BEGIN
+  -- Nothing committed waits: every committed event is in $all already (a
+  -- queue row and its $all links are removed and written in one
+  -- transaction). The common case costs one index probe and no lock.
+  PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN {EMPTY};
+  END IF;
+  -- One sequencer per schema at a time across every process: the key is the
+  -- queue table's oid (unique per database), held for this call's
+  -- transaction only, so no session needs to outlive the call. A reader
+  -- waits for it (it must see what committed before it); an appender only
+  -- tries (BUSY): the holder probes again after its release (see sequencer.py).
+  IF wait THEN
+    PERFORM pg_advisory_xact_lock(
+      CAST(CAST(CAST({_literal(s + "." + QUEUE_TABLE)} AS regclass) AS oid) AS int), 0);
+  ELSIF NOT pg_try_advisory_xact_lock(
+      CAST(CAST(CAST({_literal(s + "." + QUEUE_TABLE)} AS regclass) AS oid) AS int), 0) THEN
+    RETURN {BUSY};
+  END IF;
+  PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
+  IF NOT FOUND THEN
+    RETURN {EMPTIED};
+  END IF;
+  -- Touching the $all row fires eventstore_link_waiting() under its lock.
+  UPDATE {s}.streams SET stream_version = stream_version
+  WHERE stream_id = 0
+  RETURNING stream_version INTO head;
+  RETURN coalesce(head, {EMPTIED});
+END;
+$$ LANGUAGE plpgsql VOLATILE;
+"""
+
+
+def sequencer_ddl(schema: str) -> list[str]:
+    """Idempotent statements creating the sequencer's functions and triggers
+    (after the queue table, which comes from its model)."""
+    s = quote_ident(schema)
+    return [
+        _queue_options(s),
+        _link_waiting_function(s),
+        # DROP IF EXISTS then CREATE (not CREATE OR REPLACE TRIGGER, which
+        # needs PostgreSQL 14): idempotent as a pair, in the caller's transaction.
+        f"DROP TRIGGER IF EXISTS eventstore_link_waiting ON {s}.streams",
+        _link_waiting_trigger(s),
+        _sequence_function(s),
+        f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
+        _quiet_notification_trigger(s),
+    ]
+
+
+def drop_sequencer_ddl(schema: str, reference_notification_trigger: str) -> list[str]:
+    """Statements removing the sequencer's functions and triggers, and putting the
+    reference's notification trigger back as it was (no WHEN clause)."""
+    s = quote_ident(schema)
+    return [
+        f"DROP TRIGGER IF EXISTS eventstore_link_waiting ON {s}.streams",
+        f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
+        reference_notification_trigger,
+        f"DROP FUNCTION IF EXISTS {s}.eventstore_sequence(boolean), {s}.eventstore_link_waiting()",
+    ]

@@ -1,0 +1,82 @@
+"""Helpers of the sequencer tests: raw views of ``$all`` and of the queue.
+
+They read the tables directly on the admin engine, so looking never advances
+the sequencer (a store's reads of ``$all`` would).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection
+from sqlalchemy.engine import Engine
+
+
+def all_rows(admin_engine: Engine, schema: str) -> list[tuple[int, str, int]]:
+    """``$all`` as stored: (position, original stream_uuid, original version)."""
+    with admin_engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            f"""SELECT se.stream_version, s.stream_uuid, se.original_stream_version
+                FROM "{schema}".stream_events se
+                JOIN "{schema}".streams s ON s.stream_id = se.original_stream_id
+                WHERE se.stream_id = 0 ORDER BY se.stream_version"""
+        ).all()
+    return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+def waiting(admin_engine: Engine, schema: str) -> int:
+    """Committed appends waiting in the queue."""
+    with admin_engine.connect() as conn:
+        return int(conn.exec_driver_sql(f'SELECT count(*) FROM "{schema}".unsequenced').scalar())
+
+
+def all_head(admin_engine: Engine, schema: str) -> int:
+    with admin_engine.connect() as conn:
+        return int(
+            conn.exec_driver_sql(
+                f'SELECT stream_version FROM "{schema}".streams WHERE stream_id = 0'
+            ).scalar()
+        )
+
+
+def commit_behind_the_hooks(conn: Connection) -> None:
+    """Commit on the DBAPI connection itself: no SQLAlchemy commit event fires,
+    as when a process dies right after its commit reached the server."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    dbapi.commit()
+
+
+def assert_gap_free_in_stream_order(rows: list[tuple[int, str, int]]) -> None:
+    """Positions 1..N; each stream's events in $all in stream order, none missing."""
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    last: dict[str, int] = {}
+    for _, stream, version in rows:
+        assert version == last.get(stream, 0) + 1, (stream, version, last.get(stream))
+        last[stream] = version
+
+
+def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.01)
+    return check()
+
+
+def wait_until_blocked(admin_engine: Engine, application_name: str, timeout: float = 5.0) -> None:
+    """Wait until a session of ``application_name`` waits on a lock."""
+
+    def blocked() -> bool:
+        with admin_engine.connect() as conn:
+            return bool(
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = %(name)s AND wait_event_type = 'Lock'",
+                    {"name": application_name},
+                ).scalar()
+            )
+
+    assert eventually(blocked, timeout), f"{application_name} never waited on a lock"
