@@ -86,8 +86,10 @@ def _complete(received: dict[str, list[int]]) -> bool:
     return all(received.get(s) == [0, 1, 2, 3, 4] for s in STREAMS)
 
 
-def test_a_mailbox_whose_consumer_thread_ends_hands_its_partitions_on(make_store, admin_engine):
-    es = make_store()
+def test_a_mailbox_whose_consumer_thread_ends_hands_its_partitions_on(
+    make_store, admin_engine, driver
+):
+    es = make_store(driver=driver)
     dead = es.subscribe_to_all_streams("parts", **MAILBOX)
     alive = es.subscribe_to_all_streams("parts", **MAILBOX)
     assert dead.wait_subscribed(WAIT) and alive.wait_subscribed(WAIT)
@@ -108,8 +110,8 @@ def test_a_mailbox_whose_consumer_thread_ends_hands_its_partitions_on(make_store
     assert eventually(lambda: checkpoint(admin_engine, es.schema, "parts") == 20)
 
 
-def test_a_slow_but_living_mailbox_consumer_keeps_its_events(make_store, admin_engine):
-    es = make_store()
+def test_a_slow_but_living_mailbox_consumer_keeps_its_events(make_store, admin_engine, driver):
+    es = make_store(driver=driver)
     slow = es.subscribe_to_all_streams("parts", **MAILBOX)
     other = es.subscribe_to_all_streams("parts", **MAILBOX)
     assert slow.wait_subscribed(WAIT) and other.wait_subscribed(WAIT)
@@ -153,8 +155,8 @@ def test_a_slow_but_living_mailbox_consumer_keeps_its_events(make_store, admin_e
     assert eventually(lambda: checkpoint(admin_engine, es.schema, "parts") == 20)
 
 
-def test_the_main_thread_and_unreceived_mailboxes_are_never_dead(make_store, admin_engine):
-    es = make_store()
+def test_the_main_thread_and_unreceived_mailboxes_are_never_dead(make_store, admin_engine, driver):
+    es = make_store(driver=driver)
     main = es.subscribe_to_all_streams("parts", **MAILBOX)
     idle = es.subscribe_to_all_streams("parts", **MAILBOX)
     assert main.wait_subscribed(WAIT) and idle.wait_subscribed(WAIT)
