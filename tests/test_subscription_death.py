@@ -1,9 +1,10 @@
 """A subscriber that dies must not break (or stall) per-partition ordering.
 
 The reference's third known defect: here a handler whose worker thread dies
-(an exception outside ``Exception``) leaves the subscription like one that
-unsubscribed: its unacknowledged events go, first, to the other subscribers,
-each partition still in order.
+(an exception outside ``Exception``), or a mailbox whose consumer thread (the
+one that last called ``receive()``) ended with events unacknowledged, leaves
+the subscription like one that unsubscribed: its unacknowledged events go,
+first, to the other subscribers, each partition still in order.
 """
 
 from __future__ import annotations
