@@ -430,6 +430,7 @@ class Runner(LockSupervision):
         ):
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
+        self._remove_dead_consumers()
         for sub in list(self._persistent.values()):
             if sub.io_failures and time.monotonic() < sub.io_retry_at:
                 continue
@@ -460,6 +461,27 @@ class Runner(LockSupervision):
         after = sub.options.checkpoint_after
         if after is not None and state.checkpoint_pending and now - sub.last_ack_at >= after:
             self._write_checkpoint(sub)
+
+    def _remove_dead_consumers(self) -> None:
+        """A mailbox whose consumer thread ended while holding unacked events
+        leaves as if it unsubscribed: those events go, first, to the other
+        subscribers (or wait for the next one), each partition in order."""
+        for key, sub in list(self._persistent.items()):
+            state = sub.state
+            if state is None:
+                continue
+            for handle in list(sub.handles):
+                if (
+                    handle.handler is None
+                    and handle._consumer_died
+                    and state.room(id(handle)) < sub.buffer_sizes[id(handle)]
+                ):
+                    logger.warning(
+                        "subscription %r: a mailbox's consumer thread ended with events "
+                        "unacknowledged; they go to the other subscribers",
+                        sub.name,
+                    )
+                    self._remove(key, handle)
 
     def _sequence_for_all_subscribers(self) -> None:
         """Number waiting appends when anyone here follows ``$all`` (sequencer
