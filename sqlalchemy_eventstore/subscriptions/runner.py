@@ -45,6 +45,9 @@ Key = tuple[str, str]
 # finds deleted subscriptions) while persistent subscriptions run: the
 # longest a process keeps delivering after its lock session died.
 LOCK_CHECK_INTERVAL = 0.5
+# How long a mailbox's consumer thread must have been gone, holding unacked
+# events, before another subscriber takes them over.
+DEAD_CONSUMER_GRACE = 3.0
 # The longest the scheduler sleeps with nothing to do.
 MAX_SLEEP = 1.0
 
@@ -91,6 +94,8 @@ class Runner(LockSupervision):
         # checkpoint write): further acks need not send another.
         self._kicked = False
         self._next_lock_check = 0.0
+        # id(handle) -> when its mailbox consumer was first seen gone.
+        self._dead_since: dict[int, float] = {}
         self._logged_pass_error: str | None = None
         self._next_sequence = 0.0
         self._thread = threading.Thread(
@@ -444,6 +449,7 @@ class Runner(LockSupervision):
         ):
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
+        self._remove_dead_consumers()
         for sub in list(self._persistent.values()):
             if sub.io_failures and time.monotonic() < sub.io_retry_at:
                 continue
@@ -474,6 +480,40 @@ class Runner(LockSupervision):
         after = sub.options.checkpoint_after
         if after is not None and state.checkpoint_pending and now - sub.last_ack_at >= after:
             self._write_checkpoint(sub)
+
+    def _remove_dead_consumers(self) -> None:
+        """A mailbox whose consumer thread ended while holding unacked events
+        leaves as if it unsubscribed, once that has lasted DEAD_CONSUMER_GRACE
+        seconds and another subscriber can take over: those events go, first,
+        to the other subscribers, each partition in order.
+
+        The grace keeps a batch received on one thread and acked from another
+        soon after (a worker handing results back) from being taken away; a
+        sole subscriber is never removed (nobody would take its events, and its
+        owner may still ack or receive from another thread).
+        """
+        now = time.monotonic()
+        for key, sub in list(self._persistent.items()):
+            state = sub.state
+            if state is None or len(sub.handles) < 2:
+                continue
+            for handle in list(sub.handles):
+                holding = handle.handler is None and (
+                    state.room(id(handle)) < sub.buffer_sizes[id(handle)]
+                )
+                if not (holding and handle._consumer_died):
+                    self._dead_since.pop(id(handle), None)
+                    continue
+                since = self._dead_since.setdefault(id(handle), now)
+                if now - since < DEAD_CONSUMER_GRACE:
+                    continue
+                self._dead_since.pop(id(handle), None)
+                logger.warning(
+                    "subscription %r: a mailbox's consumer thread ended with events "
+                    "unacknowledged; they go to the other subscribers",
+                    sub.name,
+                )
+                self._remove(key, handle)
 
     def _sequence_for_all_subscribers(self) -> None:
         """Number waiting appends when anyone here follows ``$all`` (sequencer
