@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from .._types import ALL_STREAM, RecordedEvent
@@ -32,6 +32,7 @@ from .locking import LockSupervision
 from .options import PersistentOptions
 from .persistent import Persistent
 from .reading import Backend, current_version, read_page
+from .serving import CHECKPOINT_INTERVAL
 from .state import backoff, describe
 
 __all__ = ["Runner"]
@@ -84,6 +85,10 @@ class Runner(LockSupervision):
             creator=backend.session_creator,
         )
         self._stopping = False
+        # Reads ahead the next page of catching-up subscriptions (serving._read).
+        self._reader = ThreadPoolExecutor(
+            1, thread_name_prefix=f"eventstore-reader-{backend.schema}"
+        )
         self._mutex = threading.RLock()
         # A wake-up is on its way to the scheduler (acks need a read or a
         # checkpoint write): further acks need not send another.
@@ -245,8 +250,11 @@ class Runner(LockSupervision):
 
         An ack from an ended lifetime (the lock was lost since the batch was
         sent) is ignored: its events are redelivered. With ``wait`` (a
-        caller's ack) a due checkpoint is written before returning; a
-        handler's ack leaves it to the scheduler's coalesced write.
+        caller's ack) a due checkpoint is written before returning -- unless
+        the subscription is catching up and one was written less than
+        ``CHECKPOINT_INTERVAL`` ago: then, as for a handler's acks, the
+        scheduler writes it when the interval is over, with every ack since
+        (one write per interval during a catch-up, not one per event).
         """
         if not self._thread.is_alive():
             if wait:
@@ -261,19 +269,24 @@ class Runner(LockSupervision):
             state = sub.state
             state.ack(id(handle), event_number)
             now = sub.last_ack_at = time.monotonic()
-            if state.wants_read(now) and len(state.queue) < state.room(id(handle)):
+            wants_read = state.wants_read(now)
+            if wants_read and len(state.queue) < state.room(id(handle)):
                 self._kick()  # read first, then send a full batch
             else:
                 self._dispatch(sub, now)
-            due = state.checkpoint_due()
-            if wait and due:
+            if not state.checkpoint_due():
+                if wants_read:
+                    self._kick()
+                return
+            if wait and (not state.behind or now >= sub.next_checkpoint_write):
                 try:
                     self._write_checkpoint(sub)
+                    sub.next_checkpoint_write = now + CHECKPOINT_INTERVAL
                 except Exception as error:
                     self._log_once(sub, "could not write a checkpoint; will retry", error)
                 return
-            if (due and now >= sub.next_checkpoint_write) or state.wants_read(now):
-                self._kick()
+            if wants_read or now >= sub.next_checkpoint_write:
+                self._kick()  # else the scheduler's timer writes it
 
     def park(
         self, key: Key, handle: Subscription, epoch: int, number: int, reason: str
@@ -370,6 +383,7 @@ class Runner(LockSupervision):
                 self._stopping = True
                 self._inbox.reconnected()  # wake it
         self._thread.join(timeout)
+        self._reader.shutdown(wait=False, cancel_futures=True)
         self._listener.stop(timeout)
         self._locks.close()
         for handle in handles:
