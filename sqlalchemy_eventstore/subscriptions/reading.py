@@ -27,7 +27,7 @@ from ..storage import reader
 from ..storage.sql import Statements
 from ..storage.steps import run
 
-__all__ = ["Backend", "Unreadable", "current_version", "read_page"]
+__all__ = ["Backend", "Unreadable", "convert", "current_version", "fetch_rows", "read_page"]
 
 
 @dataclass(frozen=True)
@@ -71,18 +71,29 @@ def _convert(row: Any, serializer: Serializer) -> RecordedEvent | Unreadable:
         )
 
 
-def read_page(
-    backend: Backend, stream_uuid: str, start: int, count: int
-) -> list[RecordedEvent | Unreadable]:
-    """Up to ``count`` events from ``start`` on; a missing or deleted stream has none."""
+def fetch_rows(backend: Backend, stream_uuid: str, start: int, count: int) -> list[Any]:
+    """Up to ``count`` raw rows from ``start`` on (for :func:`convert`); a
+    missing or deleted stream has none. Safe on any thread: the catch-up
+    reads the next page with it while the current one is being delivered."""
     with backend.engine.connect() as conn:
         try:
-            rows = reader.read_rows(
+            return reader.read_rows(
                 conn, backend.statements, stream_uuid, start, count, forward=True
             )
         except (StreamNotFoundError, StreamDeletedError):
             return []
-    return [_convert(row, backend.serializer) for row in rows]
+
+
+def convert(rows: list[Any], serializer: Serializer) -> list[RecordedEvent | Unreadable]:
+    """Rows of :func:`fetch_rows` as events, each deserialized on its own."""
+    return [_convert(row, serializer) for row in rows]
+
+
+def read_page(
+    backend: Backend, stream_uuid: str, start: int, count: int
+) -> list[RecordedEvent | Unreadable]:
+    """Up to ``count`` events from ``start`` on; a missing or deleted stream has none."""
+    return convert(fetch_rows(backend, stream_uuid, start, count), backend.serializer)
 
 
 def read_events(backend: Backend, stream_uuid: str, numbers: list[int]) -> list[RecordedEvent]:
