@@ -25,6 +25,7 @@ from ..errors import StreamDeletedError, StreamNotFoundError
 from ..serializers import Serializer
 from ..storage import reader
 from ..storage.sql import Statements
+from ..storage.steps import run
 
 __all__ = ["Backend", "Unreadable", "convert", "current_version", "fetch_rows", "read_page"]
 
@@ -109,6 +110,7 @@ def current_version(backend: Backend, stream_uuid: str) -> int:
     """The stream's version (the head of ``$all``); 0 when missing or deleted."""
     with backend.engine.connect() as conn:
         try:
-            return reader.stream_info(conn, backend.statements, stream_uuid).stream_version
+            info = run(conn, reader.stream_info(backend.statements, stream_uuid))
+            return info.stream_version
         except (StreamNotFoundError, StreamDeletedError):
             return 0
