@@ -1,89 +1,47 @@
 """The storage calls of :class:`~sqlalchemy_eventstore.EventStore`.
 
-Writing, reading, stream information and snapshots: each checks its
-arguments before any SQL, resolves its ``timeout=`` (the store's when left
-out) and runs one storage function on the connection of the call -- the
-caller's ``conn=`` transaction or a pooled connection -- through the store's
+Writing, reading, stream information and snapshots: each is built -- its
+arguments checked before any SQL, its ``timeout=`` resolved (the store's when
+left out), its operation chosen -- by :class:`~._operations.Operations`, shared
+with the async store, and run here on the connection of the call (the
+caller's ``conn=`` transaction or a pooled connection) through the store's
 :class:`~.storage.connection.Connector`.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, TypeVar
-
-from sqlalchemy import Connection
+from typing import Any, TypeVar
 
 from . import _validation as check
+from ._operations import STORE_TIMEOUT, Call, Operations, Timeout, next_start
 from ._types import (
     ALL_STREAM,
     ANY_VERSION,
-    STREAM_EXISTS,
     Page,
     RecordedEvent,
     SnapshotData,
     StreamInfo,
 )
-from .errors import (
-    CannotAppendToAllStreamError,
-    CannotDeleteAllStreamError,
-    HardDeletesNotEnabledError,
-)
-from .serializers import Serializer
-from .storage import appender, reader, snapshots, streams
 from .storage.connection import Connector, ConnLike
 from .storage.sequencer import Sequencer
-from .storage.sql import SORT_COLUMNS, Statements
+from .storage.steps import run
 
 __all__ = ["STORE_TIMEOUT", "StorageCalls", "Timeout"]
 
 T = TypeVar("T")
 
 
-class _StoreTimeout(enum.Enum):
-    """The default of every call's ``timeout=``: the store's own timeout."""
-
-    DEFAULT = "the store's timeout"
-
-    def __repr__(self) -> str:
-        return "<the store's timeout>"
-
-
-#: The default of ``timeout=``: "the store's timeout".
-STORE_TIMEOUT = _StoreTimeout.DEFAULT
-#: A call's ``timeout=``: seconds, None for no limit, or (left out) the store's.
-Timeout = float | None | Literal[_StoreTimeout.DEFAULT]
-
-
-class StorageCalls:
+class StorageCalls(Operations):
     """The storage operations; :class:`EventStore` sets the attributes below."""
 
     _connector: Connector
-    _sql: Statements
     _sequencer: Sequencer | None
-    serializer: Serializer
-    timeout: float | None
-    enable_hard_deletes: bool
 
-    def _seconds(self, timeout: Timeout) -> float | None:
-        """A call's ``timeout=`` checked, the store's when left out."""
-        if timeout is STORE_TIMEOUT:
-            return self.timeout
-        return check.check_timeout(timeout)
-
-    def _run(
-        self,
-        conn: ConnLike | None,
-        work: Callable[[Connection], T],
-        *,
-        tx: bool = False,
-        timeout: Timeout = STORE_TIMEOUT,
-    ) -> T:
-        """``work`` on the connection of a call (``conn=``'s or a pooled one)."""
-        seconds = self._seconds(timeout)
-        with self._connector.connect(conn, transaction=tx, timeout=seconds) as c:
-            return work(c)
+    def _call(self, conn: ConnLike | None, call: Call[T]) -> T:
+        """Run ``call`` on the connection of the call (``conn=``'s or a pooled one)."""
+        with self._connector.connect(conn, transaction=call.tx, timeout=call.seconds) as c:
+            return run(c, call.op, prepare=self._sql.prepare)
 
     # -- global order (sequencer mode) ----------------------------------------
 
@@ -146,17 +104,7 @@ class StorageCalls:
             ValueError: An empty stream name or event list, a bad UUID, a
                 negative version.
         """
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        expected = check.check_expected_version(expected_version)
-        seconds = self._seconds(timeout)
-        prepared = check.prepare_events(events, self.serializer)
-        if stream_uuid == ALL_STREAM:
-            raise CannotAppendToAllStreamError("cannot append to the $all stream")
-        self._run(
-            conn,
-            lambda c: appender.append(c, self._sql, stream_uuid, expected, prepared),
-            timeout=seconds,
-        )
+        self._call(conn, self._append_call(stream_uuid, expected_version, events, timeout))
         if self._sequencer is not None:
             # global_order="sequencer": number it into $all once committed.
             self._sequencer.appended(conn)
@@ -198,17 +146,8 @@ class StorageCalls:
             TypeError: An argument of the wrong type.
             ValueError: An empty list, a bad UUID.
         """
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        expected = check.check_expected_version(expected_version)
-        seconds = self._seconds(timeout)
-        event_ids = check.event_ids_to_link(events_or_event_ids)
-        if stream_uuid == ALL_STREAM:
-            raise CannotAppendToAllStreamError("cannot link events to the $all stream")
-        self._run(
-            conn,
-            lambda c: appender.link(c, self._sql, stream_uuid, expected, event_ids),
-            timeout=seconds,
-        )
+        call = self._link_call(stream_uuid, expected_version, events_or_event_ids, timeout)
+        self._call(conn, call)
 
     def delete_stream(
         self,
@@ -247,25 +186,7 @@ class StorageCalls:
             TypeError: An argument of the wrong type.
             ValueError: An expected version other than those listed.
         """
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        expected = check.check_expected_version(
-            expected_version, allowed=(ANY_VERSION, STREAM_EXISTS)
-        )
-        if not isinstance(hard, bool):
-            raise TypeError("hard must be a bool")
-        seconds = self._seconds(timeout)
-        if stream_uuid == ALL_STREAM:
-            raise CannotDeleteAllStreamError("cannot delete the $all stream")
-        if hard and not self.enable_hard_deletes:
-            raise HardDeletesNotEnabledError(
-                "hard deletes are disabled: create the store with enable_hard_deletes=True"
-            )
-        self._run(
-            conn,
-            lambda c: streams.delete_stream(c, self._sql, stream_uuid, expected, hard=hard),
-            tx=hard,
-            timeout=seconds,
-        )
+        self._call(conn, self._delete_call(stream_uuid, expected_version, hard, timeout))
 
     # -- reading -----------------------------------------------------------
     #
@@ -282,20 +203,12 @@ class StorageCalls:
         conn: ConnLike | None,
         timeout: Timeout,
     ) -> Callable[[int, int], list[RecordedEvent]]:
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        check.check_int(start_version, "start_version", minimum=0 if forward else -1)
-        seconds = self._seconds(timeout)
+        plan = self._read_plan(stream_uuid, start_version, forward=forward, timeout=timeout)
 
         def read(start: int, count: int) -> list[RecordedEvent]:
-            if stream_uuid == ALL_STREAM:
+            if plan.stream_uuid == ALL_STREAM:
                 self.advance_all_stream()
-            return self._run(
-                conn,
-                lambda c: reader.read_events(
-                    c, self._sql, self.serializer, stream_uuid, start, count, forward=forward
-                ),
-                timeout=seconds,
-            )
+            return self._call(conn, self._read_call(plan, start, count))
 
         return read
 
@@ -315,10 +228,8 @@ class StorageCalls:
             current = first
             while current:
                 yield from current
-                if len(current) < size:
-                    return
-                following = current[-1].event_number + (1 if forward else -1)
-                if following < 1:
+                following = next_start(current, size, forward)
+                if following is None:
                     return
                 current = read(following, size)
 
@@ -617,13 +528,10 @@ class StorageCalls:
             TypeError: ``stream_uuid`` is not a str.
             ValueError: ``stream_uuid`` is empty.
         """
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        seconds = self._seconds(timeout)
+        call = self._stream_info_call(stream_uuid, timeout)
         if stream_uuid == ALL_STREAM:
             self.advance_all_stream()
-        return self._run(
-            conn, lambda c: reader.stream_info(c, self._sql, stream_uuid), timeout=seconds
-        )
+        return self._call(conn, call)
 
     def paginate_streams(
         self,
@@ -662,28 +570,8 @@ class StorageCalls:
             ValueError: A page size or number below 1, an unknown sort column
                 or direction.
         """
-        check.check_int(page_size, "page_size", minimum=1)
-        check.check_int(page_number, "page_number", minimum=1)
-        if search is not None and not isinstance(search, str):
-            raise TypeError(f"search must be a str or None, got {type(search).__name__}")
-        if sort_by not in SORT_COLUMNS:
-            raise ValueError(f"sort_by must be one of {', '.join(SORT_COLUMNS)}, got {sort_by!r}")
-        if not isinstance(sort_dir, str) or sort_dir.lower() not in ("asc", "desc"):
-            raise ValueError(f"sort_dir must be 'asc' or 'desc', got {sort_dir!r}")
-        seconds = self._seconds(timeout)
-        return self._run(
-            conn,
-            lambda c: reader.paginate_streams(
-                c,
-                self._sql,
-                page_size=page_size,
-                page_number=page_number,
-                search=search or None,
-                sort_by=sort_by,
-                sort_dir=sort_dir,
-            ),
-            timeout=seconds,
-        )
+        call = self._paginate_call(page_size, page_number, search, sort_by, sort_dir, timeout)
+        return self._call(conn, call)
 
     # -- snapshots -----------------------------------------------------------
 
@@ -710,18 +598,7 @@ class StorageCalls:
                 be serialized.
             ValueError: An empty source, a negative version.
         """
-        if not isinstance(snapshot, SnapshotData):
-            raise TypeError(f"snapshot must be a SnapshotData, got {type(snapshot).__name__}")
-        check.check_stream_uuid(snapshot.source_uuid, "snapshot.source_uuid")
-        check.check_int(snapshot.source_version, "snapshot.source_version", minimum=0)
-        check.check_stream_uuid(snapshot.source_type, "snapshot.source_type")
-        seconds = self._seconds(timeout)
-        data, metadata = check.serialize_snapshot(snapshot, self.serializer)
-        self._run(
-            conn,
-            lambda c: snapshots.record_snapshot(c, self._sql, snapshot, data, metadata),
-            timeout=seconds,
-        )
+        self._call(conn, self._record_snapshot_call(snapshot, timeout))
 
     def read_snapshot(
         self,
@@ -749,13 +626,7 @@ class StorageCalls:
             TypeError: ``source_uuid`` is not a str.
             ValueError: ``source_uuid`` is empty.
         """
-        source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
-        seconds = self._seconds(timeout)
-        return self._run(
-            conn,
-            lambda c: snapshots.read_snapshot(c, self._sql, self.serializer, source_uuid),
-            timeout=seconds,
-        )
+        return self._call(conn, self._read_snapshot_call(source_uuid, timeout))
 
     def delete_snapshot(
         self,
@@ -779,8 +650,4 @@ class StorageCalls:
             TypeError: ``source_uuid`` is not a str.
             ValueError: ``source_uuid`` is empty.
         """
-        source_uuid = check.check_stream_uuid(source_uuid, "source_uuid")
-        seconds = self._seconds(timeout)
-        self._run(
-            conn, lambda c: snapshots.delete_snapshot(c, self._sql, source_uuid), timeout=seconds
-        )
+        self._call(conn, self._delete_snapshot_call(source_uuid, timeout))

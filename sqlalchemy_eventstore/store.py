@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 
 from . import _validation as check
 from ._calls import StorageCalls
+from ._options import StoreOptions, connect_args
 from ._types import (
     ALL_STREAM,
     ORIGIN,
@@ -27,8 +28,7 @@ from .errors import (
     StreamDeletedError,
     StreamNotFoundError,
 )
-from .serializers import JsonbSerializer, JsonSerializer, Serializer
-from .storage import parked
+from .serializers import Serializer
 from .storage.connection import Connector, ConnLike
 from .storage.schema import create_schema
 from .storage.sequencer import Sequencer
@@ -141,88 +141,53 @@ class EventStore(StorageCalls):
         foreign_keys: bool = True,
         global_order: str = "lock",
     ) -> None:
-        if not isinstance(foreign_keys, bool):
-            raise TypeError("foreign_keys must be a bool")
-        if column_data_type not in ("bytea", "jsonb"):
-            raise ValueError(
-                f"column_data_type must be 'bytea' or 'jsonb', got {column_data_type!r}"
-            )
-        chosen: Serializer
-        if serializer is not None:
-            chosen = serializer
-        elif column_data_type == "jsonb":
-            chosen = JsonbSerializer()
-        else:
-            chosen = JsonSerializer()
-        for member in ("serialize", "deserialize"):
-            if not callable(getattr(chosen, member, None)):
-                raise TypeError(f"serializer must have a {member}() method")
-        serializer_type = getattr(chosen, "column_data_type", column_data_type)
-        if serializer_type != column_data_type:
-            raise ValueError(
-                f"serializer {type(chosen).__name__} writes {serializer_type!r} but "
-                f"column_data_type is {column_data_type!r}; use a matching serializer"
-            )
-        schema = check.check_schema(schema)
-        if isinstance(subscription_retry_interval, bool) or not isinstance(
-            subscription_retry_interval, (int, float)
-        ):
-            raise TypeError("subscription_retry_interval must be a number of seconds")
-        if subscription_retry_interval <= 0:
-            raise ValueError("subscription_retry_interval must be > 0")
-        if name is not None and not isinstance(name, str):
-            raise TypeError("name must be a str or None")
+        options = StoreOptions(
+            schema=schema,
+            serializer=serializer,
+            column_data_type=column_data_type,
+            subscription_retry_interval=subscription_retry_interval,
+            name=name,
+            timeout=timeout,
+            foreign_keys=foreign_keys,
+        )
+        self.timeout = options.timeout
         if global_order not in GLOBAL_ORDERS:
             raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
-        self.timeout = check.check_timeout(timeout)
-
         if isinstance(url_or_engine, Engine):
             self._engine = url_or_engine
             self._owns_engine = False
         elif isinstance(url_or_engine, (str, URL)):
             url = _engine_url(url_or_engine)
-            # Named in pg_stat_activity unless the URL names it already.
-            connect_args: dict[str, Any] = (
-                {}
-                if "application_name" in url.query
-                else {"application_name": name or "sqlalchemy_eventstore"}
-            )
-            if (
-                session_mode_url is not None
-                and url.drivername == "postgresql+psycopg"
-                and "prepare_threshold" not in url.query
-            ):
-                # A session_mode_url means ``url`` is a transaction-mode pooler
-                # (PgBouncer): psycopg 3's automatic server-side prepared
-                # statements would meet server connections that never saw them.
-                connect_args["prepare_threshold"] = None
+            args = connect_args(url, name, pooler=session_mode_url is not None)
             # Waiting for a free pooled connection counts as waiting on the
             # database: as long as the store's timeout (None: no limit).
-            self._engine = create_engine(url, connect_args=connect_args, pool_timeout=self.timeout)
+            self._engine = create_engine(url, connect_args=args, pool_timeout=self.timeout)
             self._owns_engine = True
         else:
             raise TypeError(
                 "url_or_engine must be a database URL or a SQLAlchemy Engine, "
                 f"got {type(url_or_engine).__name__}"
             )
-        self.schema = schema
-        self.serializer = chosen
-        self.column_data_type = column_data_type
+        self.schema = options.schema
+        self.serializer = options.serializer
+        self.column_data_type = options.column_data_type
         self.enable_hard_deletes = enable_hard_deletes
         self.session_mode_url = None if session_mode_url is None else _engine_url(session_mode_url)
-        self.subscription_retry_interval = float(subscription_retry_interval)
+        self.subscription_retry_interval = options.subscription_retry_interval
         self.name = name
         self.foreign_keys = foreign_keys
         # Prepared statements cannot cross a transaction-mode pooler.
         self.global_order = global_order
         self._sql = Statements(
-            schema,
-            column_data_type,
+            self.schema,
+            self.column_data_type,
             prepare=session_mode_url is None,
             global_order=global_order,
         )
         # global_order="sequencer": numbers committed appends into $all.
-        self._sequencer = Sequencer(self._engine, schema) if global_order == "sequencer" else None
+        self._sequencer = (
+            Sequencer(self._engine, self.schema) if global_order == "sequencer" else None
+        )
         # How a call's timeout reaches PostgreSQL (see storage.connection):
         # kept on the store's own connections, set per transaction through a
         # transaction-mode pooler, set and put back on a caller's Engine.
@@ -555,14 +520,7 @@ class EventStore(StorageCalls):
             TypeError: An argument that is not a str.
             ValueError: An empty name.
         """
-        name = check.check_stream_uuid(subscription_name, "subscription_name")
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        return self._run(
-            conn,
-            lambda c: parked.list_parked(
-                c, self.schema, self.column_data_type, self.serializer, stream_uuid, name
-            ),
-        )
+        return self._call(conn, self._parked_events_call(subscription_name, stream_uuid))
 
     def replay_parked(
         self,
@@ -594,14 +552,8 @@ class EventStore(StorageCalls):
             TypeError: An argument of the wrong type.
             ValueError: An empty name, an event number below 1.
         """
-        name = check.check_stream_uuid(subscription_name, "subscription_name")
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        numbers = check.check_event_numbers(event_numbers)
-        return self._run(
-            conn,
-            lambda c: parked.request_replay(c, self.schema, stream_uuid, name, numbers),
-            tx=True,
-        )
+        call = self._change_parked_call("replay", subscription_name, stream_uuid, event_numbers)
+        return self._call(conn, call)
 
     def discard_parked(
         self,
@@ -628,11 +580,5 @@ class EventStore(StorageCalls):
             TypeError: An argument of the wrong type.
             ValueError: An empty name, an event number below 1.
         """
-        name = check.check_stream_uuid(subscription_name, "subscription_name")
-        stream_uuid = check.check_stream_uuid(stream_uuid)
-        numbers = check.check_event_numbers(event_numbers)
-        return self._run(
-            conn,
-            lambda c: parked.discard(c, self.schema, stream_uuid, name, numbers),
-            tx=True,
-        )
+        call = self._change_parked_call("discard", subscription_name, stream_uuid, event_numbers)
+        return self._call(conn, call)

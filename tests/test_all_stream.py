@@ -162,6 +162,7 @@ def test_all_stream_version_is_the_last_event_number(
     assert last.event_number == store.stream_info(ALL_STREAM).stream_version == 10
 
 
+@pytest.mark.sync_only  # a sync Connection: the async twin is in test_asyncio.py
 def test_failed_appends_leave_all_gap_free(store: EventStore, two_streams: tuple[str, str]) -> None:
     s1, _ = two_streams
     duplicate = store.read_all_streams_forward(1, 1)[0].event_id

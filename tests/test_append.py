@@ -494,6 +494,7 @@ def test_created_at_is_aware_utc(store: EventStore) -> None:
         assert abs(recorded.created_at - before) < timedelta(minutes=5)
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_created_at_is_utc_whatever_the_session_time_zone(
     make_store: Callable[..., EventStore], driver: str
 ) -> None:
@@ -648,6 +649,7 @@ def test_errors_are_event_store_errors(store: EventStore, existing: str) -> None
 # -- conn= ------------------------------------------------------------------------
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_append_in_a_rolled_back_transaction(store: EventStore) -> None:
     stream_uuid = new_stream()
 
@@ -667,6 +669,7 @@ def test_append_in_a_rolled_back_transaction(store: EventStore) -> None:
     assert all_numbers(store) == [1, 2]
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_append_in_a_committed_session(store: EventStore) -> None:
     s1, s2 = new_stream(), new_stream()
 
@@ -685,6 +688,7 @@ def test_append_in_a_committed_session(store: EventStore) -> None:
     ]
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_failed_append_in_a_transaction_raises_the_domain_error(store: EventStore) -> None:
     stream_uuid = new_stream()
     store.append_to_stream(stream_uuid, 0, create_events(1))

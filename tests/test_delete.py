@@ -357,6 +357,7 @@ def test_hard_deleting_a_stream_of_links_keeps_the_linked_events(hard_store, adm
     assert table_count(admin_engine, hard_store.schema, "events") == 4
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_hard_delete_leaves_deletes_refused_afterwards(hard_store, admin_engine):
     hard_store.append_to_stream("s", 0, make_events(2))
     hard_store.append_to_stream("keep", 0, make_events(1))
@@ -373,6 +374,7 @@ def test_hard_delete_leaves_deletes_refused_afterwards(hard_store, admin_engine)
     assert setting != "on"
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_hard_delete_in_a_caller_transaction(hard_store, admin_engine):
     hard_store.append_to_stream("s", 0, make_events(2))
     schema = hard_store.schema
@@ -400,6 +402,7 @@ def test_hard_delete_in_a_caller_transaction(hard_store, admin_engine):
     assert table_count(admin_engine, schema, "events") == 0
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_hard_delete_keeps_a_session_setting_of_the_caller(hard_store, admin_engine):
     """A caller that turned hard deletes on for its session keeps that setting."""
     hard_store.append_to_stream("s", 0, make_events(1))

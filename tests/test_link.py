@@ -448,6 +448,7 @@ def test_bad_link_arguments_run_no_sql(
 # -- conn= -----------------------------------------------------------------------
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_link_in_a_rolled_back_transaction(store: EventStore, source: Any) -> None:
     _, events = source
     target = new_stream()
@@ -464,6 +465,7 @@ def test_link_in_a_rolled_back_transaction(store: EventStore, source: Any) -> No
     assert store.read_stream_forward(target) == events
 
 
+@pytest.mark.sync_only  # a sync Session / Engine: the async twin is in test_asyncio.py
 def test_append_and_link_in_one_session(store: EventStore) -> None:
     source_uuid, target = new_stream(), new_stream()
     event_id = str(uuid.uuid4())

@@ -14,6 +14,8 @@ from sqlalchemy import event
 
 from sqlalchemy_eventstore import ANY_VERSION, EventData, RecordedEvent
 from sqlalchemy_eventstore.errors import StreamDeletedError, StreamNotFoundError
+from sqlalchemy_eventstore.storage.sql import Statements
+from sqlalchemy_eventstore.storage.steps import numeric_dollar
 
 
 def make_events(count: int, first: int = 1) -> list[EventData]:
@@ -44,6 +46,10 @@ def db_clock(admin_engine):
     return now
 
 
+# The parameters of a page read in the order they first appear in its statement.
+_READ_NAMES = numeric_dollar(Statements("s", "bytea").read_forward).names
+
+
 class StatementLog:
     """SQL statements an engine runs, recorded by a ``before_cursor_execute`` listener."""
 
@@ -52,6 +58,9 @@ class StatementLog:
         self.statements: list[tuple[str, object]] = []
 
     def __call__(self, conn, cursor, statement, parameters, context, executemany):
+        if isinstance(parameters, tuple) and len(parameters) == len(_READ_NAMES):
+            # asyncpg's $1 style: a page read's parameters, named again.
+            parameters = dict(zip(_READ_NAMES, parameters, strict=True))
         self.statements.append((statement, parameters))
 
     def reads(self) -> list[object]:

@@ -30,3 +30,29 @@ def test_readme_example_runs(database_url: URL, admin_engine: Engine, capsys):
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     printed = capsys.readouterr().out.splitlines()
     assert printed == ["1 AccountOpened {'owner': 'Ada'}", "2 MoneyDeposited {'amount': 100}", "3"]
+
+
+def test_readme_async_example_runs(database_url: URL, admin_engine: Engine, capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    code = next(block for block in blocks if "AsyncEventStore" in block)
+    assert '"postgresql+asyncpg://postgres@localhost/app", schema="events"' in code
+    schema = f"readme_{uuid.uuid4().hex[:8]}"
+    url = database_url.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    code = code.replace('"postgresql+asyncpg://postgres@localhost/app"', repr(url))
+    code = code.replace('schema="events"', f"schema={schema!r}")
+    body = "".join(f"    {line}\n" for line in code.splitlines())
+    namespace: dict = {}
+    try:
+        exec(
+            compile(
+                "import asyncio\nfrom sqlalchemy_eventstore import EventData\n"
+                f"async def main():\n{body}\nasyncio.run(main())\n",
+                str(README),
+                "exec",
+            ),
+            namespace,
+        )
+    finally:
+        with admin_engine.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    assert capsys.readouterr().out.splitlines() == ["1 AccountOpened {'owner': 'Ada'}"]

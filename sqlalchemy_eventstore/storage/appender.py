@@ -1,12 +1,10 @@
-"""Appending events to a stream and linking existing events into one."""
+"""Appending events to a stream and linking existing events into one (as operations of
+:mod:`.steps`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-
-from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
 from .._types import ANY_VERSION, NO_STREAM, STREAM_EXISTS, ExpectedVersion
 from ..errors import (
@@ -17,9 +15,8 @@ from ..errors import (
     StreamNotFoundError,
     WrongExpectedVersionError,
 )
-from .connection import translate_db_error
-from .prepared import Prepared
 from .sql import Statements
+from .steps import Op, Query
 
 __all__ = ["PreparedEvents", "append", "link"]
 
@@ -74,28 +71,12 @@ def check_expected_version(
     )
 
 
-def _execute(
-    conn: Connection, sql: str | Prepared, params: dict[str, Any], *, prepare: bool = False
-) -> Any:
-    """The statement's row (None when it returned none), database errors translated."""
-    try:
-        if isinstance(sql, Prepared):
-            return sql.run(conn, params, prepare=prepare).first()
-        return conn.exec_driver_sql(sql, params).first()
-    except DBAPIError as error:
-        translated = translate_db_error(error)
-        if translated is None:
-            raise
-        raise translated from error
-
-
 def append(
-    conn: Connection,
     sql: Statements,
     stream_uuid: str,
     expected: ExpectedVersion,
     events: PreparedEvents,
-) -> int:
+) -> Op[int]:
     """Append prepared events in one statement; returns the stream's new version."""
     count = len(events["event_ids"])
     versions = _version_params(expected)
@@ -107,16 +88,18 @@ def append(
         **events,
     }
     for _attempt in range(2):
-        row = _execute(conn, statement, params, prepare=sql.prepare)
-        if row is not None:
-            return int(row[1]) + count
+        rows = yield Query(statement, params, translate=True)
+        if rows:
+            return int(rows[0][1]) + count
         # Nothing written. Either the expected version does not hold, or the
         # stream was created or deleted concurrently (between the statement's
         # snapshot and its row lock): then one retry, with a fresh snapshot,
         # decides. The state read here is as fresh as the retry's would be.
-        state = conn.exec_driver_sql(sql.stream_info, {"stream_uuid": stream_uuid}).first()
+        states = yield Query(sql.stream_info, {"stream_uuid": stream_uuid})
         current_id, current_version, deleted = (
-            (None, None, False) if state is None else (state[0], state[2], state[4] is not None)
+            (None, None, False)
+            if not states
+            else (states[0][0], states[0][2], states[0][4] is not None)
         )
         error = check_expected_version(expected, stream_uuid, current_id, current_version, deleted)
         if error is not None:
@@ -125,12 +108,11 @@ def append(
 
 
 def link(
-    conn: Connection,
     sql: Statements,
     stream_uuid: str,
     expected: ExpectedVersion,
     event_ids: Sequence[str],
-) -> int:
+) -> Op[int]:
     """Link existing events into a stream in one statement; returns its new version."""
     count = len(event_ids)
     params = {
@@ -140,7 +122,7 @@ def link(
         **_version_params(expected),
     }
     for _attempt in range(2):
-        row = _execute(conn, sql.link, params)
+        (row,) = yield Query(sql.link, params, translate=True)
         if row[0] is not None:
             return int(row[1]) + count
         error = check_expected_version(expected, stream_uuid, row[2], row[3], row[4])

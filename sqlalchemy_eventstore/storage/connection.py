@@ -237,7 +237,10 @@ def _sqlstate(error: DBAPIError) -> str | None:
 
 def _constraint(error: DBAPIError) -> str | None:
     diag = getattr(error.orig, "diag", None)
-    return getattr(diag, "constraint_name", None)
+    if diag is not None:  # psycopg2, psycopg 3
+        return getattr(diag, "constraint_name", None)
+    # asyncpg, behind SQLAlchemy's adapter: the driver's own exception.
+    return getattr(getattr(error.orig, "__cause__", None), "constraint_name", None)
 
 
 def translate_db_error(error: DBAPIError) -> Exception | None:

@@ -27,18 +27,22 @@ from .._types import ParkedEvent, RecordedEvent
 from ..serializers import Serializer
 from .reader import utc
 from .schema import quote_ident
+from .steps import Op, Query, run
 
 __all__ = [
     "ParkRow",
     "ParkedRef",
     "channel",
     "discard",
+    "discard_op",
     "list_parked",
+    "list_parked_op",
     "park",
     "parked_summary",
     "remove_parked",
     "replay_requested",
     "request_replay",
+    "request_replay_op",
 ]
 
 
@@ -148,17 +152,16 @@ WHERE subscription_id = %(subscription_id)s
 
 
 def _change_and_notify(
-    conn: Connection,
     schema: str,
     change: str,
     stream_uuid: str,
     subscription_name: str,
     event_numbers: Sequence[int] | None,
-) -> int:
+) -> Op[int]:
     """Apply ``change`` (an UPDATE or DELETE of ``p``) to the subscription's parked
     events -- all, or those numbered -- then NOTIFY the runner when any changed."""
     s = quote_ident(schema)
-    row = conn.exec_driver_sql(
+    (row,) = yield Query(
         f"""
 WITH subscription AS (
     SELECT subscription_id FROM {s}.subscriptions
@@ -178,16 +181,34 @@ SELECT count(*), min(subscription_id) FROM changed
             "name": subscription_name,
             "event_numbers": _numbers(event_numbers),
         },
-    ).one()
+    )
     count = int(row[0])
     if count:
         # Delivered at commit (the caller's, with conn=): the runner then sees
         # the change it is told about.
-        conn.exec_driver_sql(
+        yield Query(
             "SELECT pg_notify(%(channel)s, %(payload)s)",
             {"channel": channel(schema), "payload": str(row[1])},
         )
     return count
+
+
+def request_replay_op(
+    schema: str,
+    stream_uuid: str,
+    subscription_name: str,
+    event_numbers: Sequence[int] | None,
+) -> Op[int]:
+    """Mark the subscription's parked events (all, or those numbered) for replay.
+
+    Returns how many are now marked (0 for an unknown subscription, or numbers
+    that are not parked), and notifies ``"<schema>.parked"`` when any are.
+    """
+    s = quote_ident(schema)
+    change = f"UPDATE {s}.parked_events p SET replay_requested = true"
+    return (
+        yield from _change_and_notify(schema, change, stream_uuid, subscription_name, event_numbers)
+    )
 
 
 def request_replay(
@@ -197,14 +218,25 @@ def request_replay(
     subscription_name: str,
     event_numbers: Sequence[int] | None,
 ) -> int:
-    """Mark the subscription's parked events (all, or those numbered) for replay.
+    """:func:`request_replay_op` on ``conn``."""
+    return run(conn, request_replay_op(schema, stream_uuid, subscription_name, event_numbers))
 
-    Returns how many are now marked (0 for an unknown subscription, or numbers
-    that are not parked), and notifies ``"<schema>.parked"`` when any are.
+
+def discard_op(
+    schema: str,
+    stream_uuid: str,
+    subscription_name: str,
+    event_numbers: Sequence[int] | None,
+) -> Op[int]:
+    """Delete the subscription's parked events (all, or those numbered); how many.
+
+    Notifies ``"<schema>.parked"`` when any were deleted: a partition key held
+    back behind a parked event may move on.
     """
-    s = quote_ident(schema)
-    change = f"UPDATE {s}.parked_events p SET replay_requested = true"
-    return _change_and_notify(conn, schema, change, stream_uuid, subscription_name, event_numbers)
+    change = f"DELETE FROM {quote_ident(schema)}.parked_events p"
+    return (
+        yield from _change_and_notify(schema, change, stream_uuid, subscription_name, event_numbers)
+    )
 
 
 def discard(
@@ -214,13 +246,8 @@ def discard(
     subscription_name: str,
     event_numbers: Sequence[int] | None,
 ) -> int:
-    """Delete the subscription's parked events (all, or those numbered); how many.
-
-    Notifies ``"<schema>.parked"`` when any were deleted: a partition key held
-    back behind a parked event may move on.
-    """
-    change = f"DELETE FROM {quote_ident(schema)}.parked_events p"
-    return _change_and_notify(conn, schema, change, stream_uuid, subscription_name, event_numbers)
+    """:func:`discard_op` on ``conn``."""
+    return run(conn, discard_op(schema, stream_uuid, subscription_name, event_numbers))
 
 
 def _payload(value: Any, jsonb: bool, serializer: Serializer, event_type: str | None) -> Any:
@@ -233,14 +260,13 @@ def _payload(value: Any, jsonb: bool, serializer: Serializer, event_type: str | 
         return value if jsonb else bytes(value)
 
 
-def list_parked(
-    conn: Connection,
+def list_parked_op(
     schema: str,
     column_data_type: str,
     serializer: Serializer,
     stream_uuid: str,
     subscription_name: str,
-) -> list[ParkedEvent]:
+) -> Op[list[ParkedEvent]]:
     """The subscription's parked events with their events, in event order.
 
     ``event_number`` of each event is its position in the subscribed stream (the
@@ -253,7 +279,7 @@ def list_parked(
     # jsonb is fetched as text and decoded here, as the drivers would, so the
     # stored text is at hand when the serializer refuses it.
     payload = "CAST(e.{0} AS text)" if jsonb else "e.{0}"
-    rows = conn.exec_driver_sql(
+    rows = yield Query(
         f"""
 SELECT p.event_number, CAST(e.event_id AS text), os.stream_uuid, se.original_stream_version,
        e.event_type, {payload.format("data")}, {payload.format("metadata")},
@@ -271,7 +297,7 @@ WHERE sub.stream_uuid = %(stream_uuid)s AND sub.subscription_name = %(name)s
 ORDER BY p.event_number
 """,
         {"stream_uuid": stream_uuid, "name": subscription_name},
-    ).all()
+    )
     parked: list[ParkedEvent] = []
     for row in rows:
         event_type = row[4]
@@ -290,3 +316,17 @@ ORDER BY p.event_number
         parked_at: datetime = utc(row[11])
         parked.append(ParkedEvent(event, subscription_name, stream_uuid, row[10], parked_at))
     return parked
+
+
+def list_parked(
+    conn: Connection,
+    schema: str,
+    column_data_type: str,
+    serializer: Serializer,
+    stream_uuid: str,
+    subscription_name: str,
+) -> list[ParkedEvent]:
+    """:func:`list_parked_op` on ``conn``."""
+    return run(
+        conn, list_parked_op(schema, column_data_type, serializer, stream_uuid, subscription_name)
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,6 +12,7 @@ from .._types import Page, RecordedEvent, StreamInfo
 from ..errors import StreamDeletedError, StreamNotFoundError
 from ..serializers import Serializer
 from .sql import Statements
+from .steps import Op, Query, run
 
 __all__ = [
     "paginate_streams",
@@ -59,7 +59,6 @@ def to_recorded_event(row: Any, serializer: Serializer) -> RecordedEvent:
 
 
 def read_events(
-    conn: Connection,
     sql: Statements,
     serializer: Serializer,
     stream_uuid: str,
@@ -67,9 +66,9 @@ def read_events(
     count: int,
     *,
     forward: bool,
-) -> list[RecordedEvent]:
+) -> Op[list[RecordedEvent]]:
     """One page of a stream (``$all`` included), in one round trip."""
-    rows = read_rows(conn, sql, stream_uuid, start_version, count, forward=forward)
+    rows = yield from read_rows_op(sql, stream_uuid, start_version, count, forward=forward)
     return [to_recorded_event(row, serializer) for row in rows]
 
 
@@ -82,6 +81,19 @@ def read_rows(
     *,
     forward: bool,
 ) -> list[Any]:
+    """:func:`read_rows_op` on ``conn``."""
+    op = read_rows_op(sql, stream_uuid, start_version, count, forward=forward)
+    return run(conn, op, prepare=sql.prepare)
+
+
+def read_rows_op(
+    sql: Statements,
+    stream_uuid: str,
+    start_version: int,
+    count: int,
+    *,
+    forward: bool,
+) -> Op[list[Any]]:
     """One page of raw rows (for :func:`to_recorded_event`): lets a caller
     deserialize each event on its own, so one unreadable event does not fail
     the page (subscriptions park it)."""
@@ -92,10 +104,7 @@ def read_rows(
         if start_version < 0:
             start_version = END
     params = {"stream_uuid": stream_uuid, "start": start_version, "count": count}
-    result = statement.run(conn, params, prepare=sql.prepare)
-    # The driver's own tuples: no Row object per event (2 of a page's ~20 ms).
-    rows: Sequence[Any] = result.cursor.fetchall()
-    result.close()
+    rows = yield Query(statement, params)
     if not rows:
         raise StreamNotFoundError(f"stream {stream_uuid!r} not found")
     if rows[0][1]:
@@ -116,13 +125,13 @@ def _stream_info(row: Any) -> StreamInfo:
     )
 
 
-def stream_info(conn: Connection, sql: Statements, stream_uuid: str) -> StreamInfo:
-    row = conn.exec_driver_sql(sql.stream_info, {"stream_uuid": stream_uuid}).first()
-    if row is None:
+def stream_info(sql: Statements, stream_uuid: str) -> Op[StreamInfo]:
+    rows = yield Query(sql.stream_info, {"stream_uuid": stream_uuid})
+    if not rows:
         raise StreamNotFoundError(f"stream {stream_uuid!r} not found")
-    if row[4] is not None:
+    if rows[0][4] is not None:
         raise StreamDeletedError(f"stream {stream_uuid!r} is deleted")
-    return _stream_info(row)
+    return _stream_info(rows[0])
 
 
 def like_pattern(search: str) -> str:
@@ -132,7 +141,6 @@ def like_pattern(search: str) -> str:
 
 
 def paginate_streams(
-    conn: Connection,
     sql: Statements,
     *,
     page_size: int,
@@ -140,17 +148,17 @@ def paginate_streams(
     search: str | None,
     sort_by: str,
     sort_dir: str,
-) -> Page[StreamInfo]:
+) -> Op[Page[StreamInfo]]:
     assert sql.paginate is not None
     statement = sql.paginate[(sort_by, sort_dir.upper())]
-    rows = conn.exec_driver_sql(
+    rows = yield Query(
         statement,
         {
             "pattern": None if search is None else like_pattern(search),
             "limit": page_size,
             "offset": (page_number - 1) * page_size,
         },
-    ).all()
+    )
     total = int(rows[0][0]) if rows else 0
     entries = [_stream_info(row[1:]) for row in rows if row[1] is not None]
     return Page(

@@ -4,25 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection
-
 from .._types import SnapshotData
 from ..errors import SnapshotNotFoundError
 from ..serializers import Serializer
 from .reader import utc
 from .sql import Statements
+from .steps import Op, Query
 
 __all__ = ["delete_snapshot", "read_snapshot", "record_snapshot"]
 
 
-def record_snapshot(
-    conn: Connection, sql: Statements, snapshot: SnapshotData, data: Any, metadata: Any
-) -> None:
+def record_snapshot(sql: Statements, snapshot: SnapshotData, data: Any, metadata: Any) -> Op[None]:
     """Insert or replace the snapshot of ``snapshot.source_uuid``.
 
     ``data`` and ``metadata`` are the snapshot's, already serialized.
     """
-    conn.exec_driver_sql(
+    yield Query(
         sql.record_snapshot,
         {
             "source_uuid": snapshot.source_uuid,
@@ -35,12 +32,11 @@ def record_snapshot(
     )
 
 
-def read_snapshot(
-    conn: Connection, sql: Statements, serializer: Serializer, source_uuid: str
-) -> SnapshotData:
-    row = conn.exec_driver_sql(sql.read_snapshot, {"source_uuid": source_uuid}).first()
-    if row is None:
+def read_snapshot(sql: Statements, serializer: Serializer, source_uuid: str) -> Op[SnapshotData]:
+    rows = yield Query(sql.read_snapshot, {"source_uuid": source_uuid})
+    if not rows:
         raise SnapshotNotFoundError(f"no snapshot of {source_uuid!r}")
+    row = rows[0]
     return SnapshotData(
         source_uuid=row[0],
         source_version=row[1],
@@ -51,5 +47,5 @@ def read_snapshot(
     )
 
 
-def delete_snapshot(conn: Connection, sql: Statements, source_uuid: str) -> None:
-    conn.exec_driver_sql(sql.delete_snapshot, {"source_uuid": source_uuid})
+def delete_snapshot(sql: Statements, source_uuid: str) -> Op[None]:
+    yield Query(sql.delete_snapshot, {"source_uuid": source_uuid})

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection
-
 from .._types import ExpectedVersion
 from ..errors import StreamDeletedError, StreamNotFoundError, WrongExpectedVersionError
 from .sql import Statements
+from .steps import Op, Query
 
 __all__ = ["delete_stream"]
 
@@ -29,13 +28,12 @@ def _raise_failure(stream_uuid: str, expected: ExpectedVersion, row: Any) -> Non
 
 
 def delete_stream(
-    conn: Connection,
     sql: Statements,
     stream_uuid: str,
     expected: ExpectedVersion,
     *,
     hard: bool,
-) -> None:
+) -> Op[None]:
     """Soft delete in one statement; hard delete inside the given transaction.
 
     A hard delete turns ``eventstore.enable_hard_deletes`` on for the current
@@ -44,18 +42,18 @@ def delete_stream(
     """
     params = {"stream_uuid": stream_uuid, "expected": _expected_param(expected)}
     if not hard:
-        row = conn.exec_driver_sql(sql.soft_delete, params).one()
+        (row,) = yield Query(sql.soft_delete, params)
     else:
         if sql.drop_waiting is not None:
-            locked = conn.exec_driver_sql(sql.lock_stream, params).first()
-            if locked is not None:
-                conn.exec_driver_sql(sql.drop_waiting, {"stream_id": locked[0]})
-        previous = conn.exec_driver_sql(sql.current_hard_deletes).scalar()
-        conn.exec_driver_sql(sql.enable_hard_deletes, {"value": "on"})
+            locked = yield Query(sql.lock_stream, params)
+            if locked:
+                yield Query(sql.drop_waiting, {"stream_id": locked[0][0]})
+        ((previous,),) = yield Query(sql.current_hard_deletes)
+        yield Query(sql.enable_hard_deletes, {"value": "on"})
         # Put back after success only: a failed statement aborts the
         # transaction, which accepts nothing more, and whose rollback undoes
         # the transaction-local setting anyway.
-        row = conn.exec_driver_sql(sql.hard_delete, params).one()
-        conn.exec_driver_sql(sql.enable_hard_deletes, {"value": previous or ""})
+        (row,) = yield Query(sql.hard_delete, params)
+        yield Query(sql.enable_hard_deletes, {"value": previous or ""})
     if row[0] is None:
         _raise_failure(stream_uuid, expected, row)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,6 +82,10 @@ class Subscription:
         # (epoch, event_number) taken back by the runner when an earlier event
         # of their partition key was parked: the worker skips them (handler mode).
         self._taken_back: set[tuple[int, int]] = set()
+        # Mailbox mode: the thread that last called receive(), held weakly.
+        # Once it has ended with events still unacked, the subscriber is
+        # gone (the runner checks, see ``_consumer_died``).
+        self._consumer: weakref.ref[threading.Thread] | None = None
         self._worker: threading.Thread | None = None
         if handler is not None:
             self._worker = threading.Thread(
@@ -170,6 +175,7 @@ class Subscription:
         """The next batch of events; TimeoutError when none arrives in time."""
         if self.handler is not None:
             raise RuntimeError("this subscription has a handler; it receives the events")
+        self._consumer = weakref.ref(threading.current_thread())
         while True:
             try:
                 item = self._mailbox.get(timeout=timeout)
@@ -276,6 +282,16 @@ class Subscription:
                 delivery.numbers = delivery.numbers[position + 1 :]
                 kept.append(delivery)
             self._deliveries[: index + 1] = kept
+
+    @property
+    def _consumer_died(self) -> bool:
+        """Mailbox mode: the thread that last called receive() has ended (a
+        mailbox never received from has no consumer, so never died)."""
+        consumer = self._consumer
+        if consumer is None or self._stopped.is_set():
+            return False
+        thread = consumer()
+        return thread is None or not thread.is_alive()
 
     @property
     def _in_flight_deliveries(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -56,6 +57,10 @@ class Persistent:
     io_retry_at: float = 0.0
     last_ack_at: float = 0.0
     next_checkpoint_write: float = 0.0
+    # The next page of a catch-up (raw rows), read ahead while the current one
+    # is converted and delivered: (start, count, its future). Used only when
+    # it starts where the next read would and came back full.
+    prefetch: tuple[int, int, Future[list[Any]]] | None = None
     logged: str | None = None
     # The status last shown to the subscribers.
     status: str = "initial"

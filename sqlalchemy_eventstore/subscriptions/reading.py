@@ -25,8 +25,9 @@ from ..errors import StreamDeletedError, StreamNotFoundError
 from ..serializers import Serializer
 from ..storage import reader
 from ..storage.sql import Statements
+from ..storage.steps import run
 
-__all__ = ["Backend", "Unreadable", "current_version", "read_page"]
+__all__ = ["Backend", "Unreadable", "convert", "current_version", "fetch_rows", "read_page"]
 
 
 @dataclass(frozen=True)
@@ -70,18 +71,29 @@ def _convert(row: Any, serializer: Serializer) -> RecordedEvent | Unreadable:
         )
 
 
-def read_page(
-    backend: Backend, stream_uuid: str, start: int, count: int
-) -> list[RecordedEvent | Unreadable]:
-    """Up to ``count`` events from ``start`` on; a missing or deleted stream has none."""
+def fetch_rows(backend: Backend, stream_uuid: str, start: int, count: int) -> list[Any]:
+    """Up to ``count`` raw rows from ``start`` on (for :func:`convert`); a
+    missing or deleted stream has none. Safe on any thread: the catch-up
+    reads the next page with it while the current one is being delivered."""
     with backend.engine.connect() as conn:
         try:
-            rows = reader.read_rows(
+            return reader.read_rows(
                 conn, backend.statements, stream_uuid, start, count, forward=True
             )
         except (StreamNotFoundError, StreamDeletedError):
             return []
-    return [_convert(row, backend.serializer) for row in rows]
+
+
+def convert(rows: list[Any], serializer: Serializer) -> list[RecordedEvent | Unreadable]:
+    """Rows of :func:`fetch_rows` as events, each deserialized on its own."""
+    return [_convert(row, serializer) for row in rows]
+
+
+def read_page(
+    backend: Backend, stream_uuid: str, start: int, count: int
+) -> list[RecordedEvent | Unreadable]:
+    """Up to ``count`` events from ``start`` on; a missing or deleted stream has none."""
+    return convert(fetch_rows(backend, stream_uuid, start, count), backend.serializer)
 
 
 def read_events(backend: Backend, stream_uuid: str, numbers: list[int]) -> list[RecordedEvent]:
@@ -98,6 +110,7 @@ def current_version(backend: Backend, stream_uuid: str) -> int:
     """The stream's version (the head of ``$all``); 0 when missing or deleted."""
     with backend.engine.connect() as conn:
         try:
-            return reader.stream_info(conn, backend.statements, stream_uuid).stream_version
+            info = run(conn, reader.stream_info(backend.statements, stream_uuid))
+            return info.stream_version
         except (StreamNotFoundError, StreamDeletedError):
             return 0

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 from .._types import ALL_STREAM, RecordedEvent
@@ -32,6 +32,7 @@ from .locking import LockSupervision
 from .options import PersistentOptions
 from .persistent import Persistent
 from .reading import Backend, current_version, read_page
+from .serving import CHECKPOINT_INTERVAL
 from .state import backoff, describe
 
 __all__ = ["Runner"]
@@ -44,6 +45,9 @@ Key = tuple[str, str]
 # finds deleted subscriptions) while persistent subscriptions run: the
 # longest a process keeps delivering after its lock session died.
 LOCK_CHECK_INTERVAL = 0.5
+# How long a mailbox's consumer thread must have been gone, holding unacked
+# events, before another subscriber takes them over.
+DEAD_CONSUMER_GRACE = 3.0
 # The longest the scheduler sleeps with nothing to do.
 MAX_SLEEP = 1.0
 
@@ -81,11 +85,17 @@ class Runner(LockSupervision):
             creator=backend.session_creator,
         )
         self._stopping = False
+        # Reads ahead the next page of catching-up subscriptions (serving._read).
+        self._reader = ThreadPoolExecutor(
+            1, thread_name_prefix=f"eventstore-reader-{backend.schema}"
+        )
         self._mutex = threading.RLock()
         # A wake-up is on its way to the scheduler (acks need a read or a
         # checkpoint write): further acks need not send another.
         self._kicked = False
         self._next_lock_check = 0.0
+        # id(handle) -> when its mailbox consumer was first seen gone.
+        self._dead_since: dict[int, float] = {}
         self._logged_pass_error: str | None = None
         self._next_sequence = 0.0
         self._thread = threading.Thread(
@@ -240,8 +250,11 @@ class Runner(LockSupervision):
 
         An ack from an ended lifetime (the lock was lost since the batch was
         sent) is ignored: its events are redelivered. With ``wait`` (a
-        caller's ack) a due checkpoint is written before returning; a
-        handler's ack leaves it to the scheduler's coalesced write.
+        caller's ack) a due checkpoint is written before returning -- unless
+        the subscription is catching up and one was written less than
+        ``CHECKPOINT_INTERVAL`` ago: then, as for a handler's acks, the
+        scheduler writes it when the interval is over, with every ack since
+        (one write per interval during a catch-up, not one per event).
         """
         if not self._thread.is_alive():
             if wait:
@@ -256,19 +269,24 @@ class Runner(LockSupervision):
             state = sub.state
             state.ack(id(handle), event_number)
             now = sub.last_ack_at = time.monotonic()
-            if state.wants_read(now) and len(state.queue) < state.room(id(handle)):
+            wants_read = state.wants_read(now)
+            if wants_read and len(state.queue) < state.room(id(handle)):
                 self._kick()  # read first, then send a full batch
             else:
                 self._dispatch(sub, now)
-            due = state.checkpoint_due()
-            if wait and due:
+            if not state.checkpoint_due():
+                if wants_read:
+                    self._kick()
+                return
+            if wait and (not state.behind or now >= sub.next_checkpoint_write):
                 try:
                     self._write_checkpoint(sub)
+                    sub.next_checkpoint_write = now + CHECKPOINT_INTERVAL
                 except Exception as error:
                     self._log_once(sub, "could not write a checkpoint; will retry", error)
                 return
-            if (due and now >= sub.next_checkpoint_write) or state.wants_read(now):
-                self._kick()
+            if wants_read or now >= sub.next_checkpoint_write:
+                self._kick()  # else the scheduler's timer writes it
 
     def park(
         self, key: Key, handle: Subscription, epoch: int, number: int, reason: str
@@ -365,6 +383,7 @@ class Runner(LockSupervision):
                 self._stopping = True
                 self._inbox.reconnected()  # wake it
         self._thread.join(timeout)
+        self._reader.shutdown(wait=False, cancel_futures=True)
         self._listener.stop(timeout)
         self._locks.close()
         for handle in handles:
@@ -430,6 +449,7 @@ class Runner(LockSupervision):
         ):
             self._next_lock_check = now + LOCK_CHECK_INTERVAL
             self._check_locks()
+        self._remove_dead_consumers()
         for sub in list(self._persistent.values()):
             if sub.io_failures and time.monotonic() < sub.io_retry_at:
                 continue
@@ -460,6 +480,40 @@ class Runner(LockSupervision):
         after = sub.options.checkpoint_after
         if after is not None and state.checkpoint_pending and now - sub.last_ack_at >= after:
             self._write_checkpoint(sub)
+
+    def _remove_dead_consumers(self) -> None:
+        """A mailbox whose consumer thread ended while holding unacked events
+        leaves as if it unsubscribed, once that has lasted DEAD_CONSUMER_GRACE
+        seconds and another subscriber can take over: those events go, first,
+        to the other subscribers, each partition in order.
+
+        The grace keeps a batch received on one thread and acked from another
+        soon after (a worker handing results back) from being taken away; a
+        sole subscriber is never removed (nobody would take its events, and its
+        owner may still ack or receive from another thread).
+        """
+        now = time.monotonic()
+        for key, sub in list(self._persistent.items()):
+            state = sub.state
+            if state is None or len(sub.handles) < 2:
+                continue
+            for handle in list(sub.handles):
+                holding = handle.handler is None and (
+                    state.room(id(handle)) < sub.buffer_sizes[id(handle)]
+                )
+                if not (holding and handle._consumer_died):
+                    self._dead_since.pop(id(handle), None)
+                    continue
+                since = self._dead_since.setdefault(id(handle), now)
+                if now - since < DEAD_CONSUMER_GRACE:
+                    continue
+                self._dead_since.pop(id(handle), None)
+                logger.warning(
+                    "subscription %r: a mailbox's consumer thread ended with events "
+                    "unacknowledged; they go to the other subscribers",
+                    sub.name,
+                )
+                self._remove(key, handle)
 
     def _sequence_for_all_subscribers(self) -> None:
         """Number waiting appends when anyone here follows ``$all`` (sequencer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._types import RecordedEvent
@@ -18,7 +19,7 @@ from ..storage.locks import AdvisoryLocks
 from . import persistent as io
 from .inbox import Inbox
 from .persistent import Persistent
-from .reading import Backend, Unreadable, read_events, read_page
+from .reading import Backend, Unreadable, convert, fetch_rows, read_events
 from .state import UNSUBSCRIBED, describe
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
@@ -44,6 +45,7 @@ class Serving:
     _inbox: Inbox
     _publisher: Publisher
     _kicked: bool
+    _reader: ThreadPoolExecutor
 
     def _kick(self) -> None:
         """Wake the scheduler (once per pass) for a read or a checkpoint write."""
@@ -69,6 +71,7 @@ class Serving:
             if sub.subscription_id is not None:
                 self._locks.unlock(sub.subscription_id)
             sub.state = None
+            sub.prefetch = None
 
     def _deleted(self, sub: Persistent) -> None:
         """The subscription was deleted: its subscribers here stop."""
@@ -103,12 +106,13 @@ class Serving:
             # Read without the mutex: acks go on meanwhile.
             self._mutex.release()
             try:
-                events = read_page(self._backend, sub.stream_uuid, start, wanted)
+                events, requested = self._read(sub, start, wanted)
             finally:
                 self._mutex.acquire()
             if sub.state is not state or state.last_received + 1 != start:
+                sub.prefetch = None
                 return  # dropped, or moved on meanwhile: this page is stale
-            state.receive_read(events, wanted, now)
+            state.receive_read(events, requested, now)
         self._dispatch(sub, now)
         self._write_parks(sub)
         if state.replays_acked:
@@ -118,6 +122,43 @@ class Serving:
         if state.checkpoint_due() and now >= sub.next_checkpoint_write:
             self._write_checkpoint(sub)
             sub.next_checkpoint_write = now + CHECKPOINT_INTERVAL
+
+    def _read(
+        self, sub: Persistent, start: int, wanted: int
+    ) -> tuple[list[RecordedEvent | Unreadable], int]:
+        """The page from ``start`` (at most ``wanted`` events) and the count it
+        stands for: ``len < count`` means caught up.
+
+        While catching up, the page after a full one is fetched ahead on the
+        reader thread, so the server's work on it overlaps the conversion and
+        delivery of this one. A page read ahead is used only when it starts
+        here and came back full (storage held at least that much); a short
+        one may predate later commits, so it is read afresh.
+        """
+        rows: list[Any] | None = None
+        count = wanted
+        ahead, sub.prefetch = sub.prefetch, None
+        if ahead is not None and ahead[0] == start and ahead[1] <= wanted:
+            fetched = ahead[2].result()
+            if len(fetched) == ahead[1]:
+                rows, count = fetched, ahead[1]
+        if rows is None:
+            rows = fetch_rows(self._backend, sub.stream_uuid, start, wanted)
+        state = sub.state
+        if rows and len(rows) == count and state is not None:
+            # Behind still: fetch the next page now. Its size is what the
+            # next read will surely want (at least half of max_size).
+            size = wanted if wanted >= state.max_size else max(1, state.max_size // 2)
+            following = int(rows[-1][2]) + 1
+            try:
+                future = self._reader.submit(
+                    fetch_rows, self._backend, sub.stream_uuid, following, size
+                )
+            except RuntimeError:  # shutting down
+                pass
+            else:
+                sub.prefetch = (following, size, future)
+        return convert(rows, self._backend.serializer), count
 
     def _dispatch(self, sub: Persistent, now: float) -> None:
         state = sub.state
