@@ -73,13 +73,36 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
-        """Append ``events`` (a non-empty list of EventData) to a stream, all or none.
+        """Append events atomically, checking the stream's expected version.
 
-        ``expected_version`` is the stream's current version (0: a new
-        stream), ANY_VERSION, NO_STREAM or STREAM_EXISTS. Raises
-        WrongExpectedVersionError, StreamExistsError, StreamNotFoundError,
-        StreamDeletedError, CannotAppendToAllStreamError, DuplicateEventError,
-        StoreTimeoutError; ValueError/TypeError for bad arguments.
+        The events get consecutive stream versions and ``$all`` positions, all
+        or none: in ``conn``'s transaction when given.
+
+        Args:
+            stream_uuid: The stream's identity (any non-empty string but ``$all``).
+            expected_version: The stream's current version (an int, 0 for a new
+                stream), or :data:`ANY_VERSION`, :data:`NO_STREAM`,
+                :data:`STREAM_EXISTS`.
+            events: A non-empty list of :class:`EventData`.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            WrongExpectedVersionError: The stream is at another version.
+            StreamExistsError: :data:`NO_STREAM` was expected, the stream exists.
+            StreamNotFoundError: :data:`STREAM_EXISTS` or a version > 0 was
+                expected, the stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            DuplicateEventError: An ``event_id`` is already stored.
+            CannotAppendToAllStreamError: ``stream_uuid`` is ``$all``.
+            TypeError: An argument of the wrong type, or data the serializer
+                cannot encode.
+            ValueError: An empty stream name or event list, a bad UUID, a
+                negative version.
         """
         self._call(conn, self._append_call(stream_uuid, expected_version, events, timeout))
         if self._sequencer is not None:
@@ -97,10 +120,31 @@ class StorageCalls(Operations):
     ) -> None:
         """Link already stored events (RecordedEvents or event ids) into a stream.
 
-        The expected-version rules of :meth:`append_to_stream`. Raises
-        EventNotFoundError (an id not stored: nothing is linked),
-        DuplicateEventError (already linked there), CannotAppendToAllStreamError,
-        the expected-version errors and StoreTimeoutError.
+        The events keep their identity and ``$all`` position; the stream gets
+        new versions for them.
+
+        Args:
+            stream_uuid: The stream to link into (not ``$all``).
+            expected_version: As for :meth:`append_to_stream`.
+            events_or_event_ids: A non-empty list of :class:`RecordedEvent` or
+                event id strings.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            EventNotFoundError: An event id is not stored (nothing is linked).
+            DuplicateEventError: An event is already linked to the stream.
+            WrongExpectedVersionError: The stream is at another version.
+            StreamExistsError: :data:`NO_STREAM` was expected, the stream exists.
+            StreamNotFoundError: The stream was expected to exist.
+            StreamDeletedError: The stream was soft deleted.
+            CannotAppendToAllStreamError: ``stream_uuid`` is ``$all``.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty list, a bad UUID.
         """
         call = self._link_call(stream_uuid, expected_version, events_or_event_ids, timeout)
         self._call(conn, call)
@@ -114,12 +158,33 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> None:
-        """Soft delete a stream (``hard=True``: remove it and its events everywhere).
+        """Soft delete a stream, or hard delete it with its events.
 
-        ``expected_version`` is ANY_VERSION, STREAM_EXISTS or an int. Raises
-        StreamNotFoundError, StreamDeletedError, WrongExpectedVersionError,
-        CannotDeleteAllStreamError, HardDeletesNotEnabledError (hard delete on
-        a store without ``enable_hard_deletes``) and StoreTimeoutError.
+        A soft-deleted stream can no longer be read or appended to; its events
+        stay in ``$all``. A hard delete removes the stream and every event only
+        it holds (from ``$all`` too).
+
+        Args:
+            stream_uuid: The stream to delete (not ``$all``).
+            expected_version: The stream's current version, :data:`ANY_VERSION`
+                or :data:`STREAM_EXISTS`.
+            hard: Delete the events too; needs ``enable_hard_deletes=True``.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream is already soft deleted.
+            WrongExpectedVersionError: The stream is at another version.
+            HardDeletesNotEnabledError: ``hard=True`` on a store without
+                ``enable_hard_deletes``.
+            CannotDeleteAllStreamError: ``stream_uuid`` is ``$all``.
+            TypeError: An argument of the wrong type.
+            ValueError: An expected version other than those listed.
         """
         self._call(conn, self._delete_call(stream_uuid, expected_version, hard, timeout))
 
@@ -181,8 +246,28 @@ class StorageCalls(Operations):
     ) -> list[RecordedEvent]:
         """Up to ``count`` events of a stream from ``start_version`` on.
 
-        Raises StreamNotFoundError (no such stream, or hard deleted),
-        StreamDeletedError (soft deleted) and StoreTimeoutError.
+        Args:
+            stream_uuid: The stream (``$all`` for every event in commit order).
+            start_version: The first stream version to read (0 and 1 both mean
+                the first event).
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            The events in stream order; ``[]`` past the end. Each
+            :class:`RecordedEvent`'s ``event_number`` is its version in this
+            stream (its position, for ``$all``).
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
         """
         read = self._reader(stream_uuid, start_version, forward=True, conn=conn, timeout=timeout)
         return read(start_version, check.check_count(count))
@@ -197,7 +282,29 @@ class StorageCalls(Operations):
         timeout: Timeout = STORE_TIMEOUT,
     ) -> list[RecordedEvent]:
         """Up to ``count`` events of a stream, newest first, from ``start_version``
-        down (-1: from the end). Raises as :meth:`read_stream_forward`."""
+        down (-1: from the end).
+
+        Args:
+            stream_uuid: The stream (``$all`` for every event).
+            start_version: The first (highest) stream version to read; -1 for
+                the last event.
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            The events, newest first.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
+        """
         read = self._reader(stream_uuid, start_version, forward=False, conn=conn, timeout=timeout)
         return read(start_version, check.check_count(count))
 
@@ -209,7 +316,26 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> list[RecordedEvent]:
-        """Up to ``count`` events of ``$all`` from global position ``start_version`` on."""
+        """Up to ``count`` events of ``$all`` from global position ``start_version`` on.
+
+        As :meth:`read_stream_forward` on ``$all``.
+
+        Args:
+            start_version: The first global position to read.
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            The events in commit order.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            TypeError: An argument of the wrong type.
+            ValueError: A position or count out of range.
+        """
         read = self._reader(ALL_STREAM, start_version, forward=True, conn=conn, timeout=timeout)
         return read(start_version, check.check_count(count))
 
@@ -221,7 +347,26 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> list[RecordedEvent]:
-        """Up to ``count`` events of ``$all``, newest first (-1: from the end)."""
+        """Up to ``count`` events of ``$all``, newest first.
+
+        As :meth:`read_stream_backward` on ``$all``.
+
+        Args:
+            start_version: The first (highest) position to read; -1 for the head.
+            count: The most events to return (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            The events, newest first.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            TypeError: An argument of the wrong type.
+            ValueError: A position or count out of range.
+        """
         read = self._reader(ALL_STREAM, start_version, forward=False, conn=conn, timeout=timeout)
         return read(start_version, check.check_count(count))
 
@@ -236,9 +381,28 @@ class StorageCalls(Operations):
     ) -> Iterator[RecordedEvent]:
         """Lazily iterate a stream's events; memory stays bounded by ``read_batch_size``.
 
-        The first batch is read at the call (so its errors raise here, as
-        :meth:`read_stream_forward`'s); each later one when needed, under the
-        same ``timeout``.
+        The first batch is read at the call, so a missing stream raises here;
+        later batches are read as the iterator advances.
+
+        Args:
+            stream_uuid: The stream (``$all`` for every event).
+            start_version: The first stream version to yield.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            An iterator of :class:`RecordedEvent` in stream order.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
         """
         read = self._reader(stream_uuid, start_version, forward=True, conn=conn, timeout=timeout)
         return self._lazily(read, start_version, read_batch_size, True)
@@ -252,7 +416,28 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate a stream's events newest first (as :meth:`stream_forward`)."""
+        """Lazily iterate a stream's events newest first.
+
+        Args:
+            stream_uuid: The stream (``$all`` for every event).
+            start_version: The first (highest) version to yield; -1 for the last.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            An iterator of :class:`RecordedEvent`, newest first.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: An argument of the wrong type.
+            ValueError: An empty stream name, a position or count out of range.
+        """
         read = self._reader(stream_uuid, start_version, forward=False, conn=conn, timeout=timeout)
         return self._lazily(read, start_version, read_batch_size, False)
 
@@ -264,7 +449,24 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` in global order (as :meth:`stream_forward`)."""
+        """Lazily iterate ``$all`` in global order (as :meth:`stream_forward`).
+
+        Args:
+            start_version: The first global position to yield.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            An iterator of :class:`RecordedEvent` in commit order.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            TypeError: An argument of the wrong type.
+            ValueError: A position or batch size out of range.
+        """
         read = self._reader(ALL_STREAM, start_version, forward=True, conn=conn, timeout=timeout)
         return self._lazily(read, start_version, read_batch_size, True)
 
@@ -276,7 +478,24 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> Iterator[RecordedEvent]:
-        """Lazily iterate ``$all`` newest first (as :meth:`stream_forward`)."""
+        """Lazily iterate ``$all`` newest first (as :meth:`stream_backward`).
+
+        Args:
+            start_version: The first (highest) position to yield; -1 for the head.
+            read_batch_size: Events read per query (at least 1).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            An iterator of :class:`RecordedEvent`, newest first.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            TypeError: An argument of the wrong type.
+            ValueError: A position or batch size out of range.
+        """
         read = self._reader(ALL_STREAM, start_version, forward=False, conn=conn, timeout=timeout)
         return self._lazily(read, start_version, read_batch_size, False)
 
@@ -287,9 +506,28 @@ class StorageCalls(Operations):
         conn: ConnLike | None = None,
         timeout: Timeout = STORE_TIMEOUT,
     ) -> StreamInfo:
-        """A stream's id, version, timestamps and status (``$all``: id 0, the last
-        global position). Raises StreamNotFoundError, StreamDeletedError and
-        StoreTimeoutError."""
+        """A stream's id, version, timestamps and status (``$all`` included).
+
+        Args:
+            stream_uuid: The stream.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            Its :class:`StreamInfo`; ``stream_version`` is the number of its
+            events (for ``$all``, whose id is 0: the head, the position of the
+            latest event).
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            StreamNotFoundError: The stream does not exist.
+            StreamDeletedError: The stream was soft deleted.
+            TypeError: ``stream_uuid`` is not a str.
+            ValueError: ``stream_uuid`` is empty.
+        """
         call = self._stream_info_call(stream_uuid, timeout)
         if stream_uuid == ALL_STREAM:
             self.advance_all_stream()
@@ -308,10 +546,29 @@ class StorageCalls(Operations):
     ) -> Page[StreamInfo]:
         """One page of all streams (``$all`` and soft-deleted ones included).
 
-        ``search`` matches stream_uuid as a literal substring; ``sort_by`` is
-        one of stream_id, stream_uuid, stream_version, created_at, deleted_at;
-        ``sort_dir`` asc or desc. With no match the page is empty and
-        ``total_pages`` is 1. Raises StoreTimeoutError.
+        Args:
+            page_size: Streams per page (at least 1).
+            page_number: The page, from 1.
+            search: Only streams whose name contains this text (``%`` and
+                ``_`` match themselves).
+            sort_by: ``"stream_id"``, ``"stream_uuid"``, ``"stream_version"``,
+                ``"created_at"`` or ``"deleted_at"``.
+            sort_dir: ``"asc"`` or ``"desc"``.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            A :class:`Page` of :class:`StreamInfo` with the total count of
+            matching streams and pages (no match: an empty page, one page).
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            TypeError: An argument of the wrong type.
+            ValueError: A page size or number below 1, an unknown sort column
+                or direction.
         """
         call = self._paginate_call(page_size, page_number, search, sort_by, sort_dir, timeout)
         return self._call(conn, call)
@@ -327,7 +584,19 @@ class StorageCalls(Operations):
     ) -> None:
         """Record a snapshot, replacing any older one of the same source.
 
-        Raises StoreTimeoutError; TypeError/ValueError for a bad snapshot.
+        Args:
+            snapshot: The :class:`SnapshotData` to store.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            TypeError: ``snapshot`` is not a SnapshotData, or its data cannot
+                be serialized.
+            ValueError: An empty source, a negative version.
         """
         self._call(conn, self._record_snapshot_call(snapshot, timeout))
 
@@ -340,7 +609,22 @@ class StorageCalls(Operations):
     ) -> SnapshotData:
         """The latest snapshot of ``source_uuid``.
 
-        Raises SnapshotNotFoundError when there is none, and StoreTimeoutError.
+        Args:
+            source_uuid: The snapshot's source (an aggregate's id, say).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Returns:
+            The :class:`SnapshotData`, with ``created_at`` set.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            SnapshotNotFoundError: No snapshot of the source is recorded.
+            TypeError: ``source_uuid`` is not a str.
+            ValueError: ``source_uuid`` is empty.
         """
         return self._call(conn, self._read_snapshot_call(source_uuid, timeout))
 
@@ -353,6 +637,17 @@ class StorageCalls(Operations):
     ) -> None:
         """Delete the snapshot of ``source_uuid``; no error when there is none.
 
-        Raises StoreTimeoutError.
+        Args:
+            source_uuid: The snapshot's source.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+            timeout: Seconds the call may take (None: no limit); by default the
+                store's ``timeout``.
+
+        Raises:
+            StoreTimeoutError: The call took longer than its timeout.
+            TypeError: ``source_uuid`` is not a str.
+            ValueError: ``source_uuid`` is empty.
         """
         self._call(conn, self._delete_snapshot_call(source_uuid, timeout))

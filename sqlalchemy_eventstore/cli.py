@@ -1,9 +1,10 @@
 """The ``eventstore`` console command: a thin argparse shell over :mod:`.commands`.
 
-Usage: ``eventstore {create,drop,init,migrate,migrations,check} [--url URL]
-[--schema NAME] [--quiet]``, and ``eventstore parked {list,replay,discard} NAME
-[--stream S] [--event N ...] [--json]`` with the same options; ``--url``
-defaults to ``$EVENTSTORE_URL``. Exit
+Usage: ``eventstore COMMAND [--url URL] [--schema NAME] [--quiet]`` where
+COMMAND is one of the reference's ``create``, ``drop``, ``init``, ``migrate``,
+``migrations``, ``check``, or the operator's ``status``, ``tail [STREAM]``,
+``subscriptions [list|reset|delete]`` and ``parked {list,replay,discard}``;
+``--url`` defaults to ``$EVENTSTORE_URL``; ``eventstore --version``. Exit
 status 0 on success; on failure one line ``FAILED: <message>`` on stderr and a
 non-zero status (1, or 2 for a usage error), never a traceback.
 """
@@ -12,11 +13,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from importlib import metadata
 from typing import Any, NoReturn
 
-from . import commands
+from . import __version__, commands
+from .commands._common import _database_name, _parse_url, _show
 
 __all__ = ["main"]
 
@@ -34,22 +39,45 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
+def _version() -> str:
+    try:
+        return metadata.version("sqlalchemy-eventstore")
+    except metadata.PackageNotFoundError:  # run from a source tree
+        return __version__
+
+
+def _common(nested: bool = False) -> _Parser:
+    """--url, --schema, --quiet. ``nested``: for the actions of a command that takes
+    them too, defaults suppressed so that the command's own values stand."""
+    common = _Parser(add_help=False)
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if nested else value
+
+    common.add_argument(
+        "--url",
+        default=default(None),
+        help="database URL, e.g. postgresql://user:password@host/db (default: $EVENTSTORE_URL)",
+    )
+    common.add_argument(
+        "--schema",
+        default=default("public"),
+        help="the event store's Postgres schema (default: public)",
+    )
+    common.add_argument(
+        "--quiet", action="store_true", default=default(False), help="print nothing on success"
+    )
+    return common
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="eventstore",
         description="Create, initialise, migrate and drop a sqlalchemy_eventstore database; "
-        "list, replay and discard parked events.",
+        "see its status, follow its events, manage its subscriptions and parked events.",
     )
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--url",
-        default=None,
-        help="database URL, e.g. postgresql://user:password@host/db (default: $EVENTSTORE_URL)",
-    )
-    common.add_argument(
-        "--schema", default="public", help="the event store's Postgres schema (default: public)"
-    )
-    common.add_argument("--quiet", action="store_true", help="print nothing on success")
+    parser.add_argument("--version", action="version", version=f"eventstore {_version()}")
+    common = _common()
     data_type = _Parser(add_help=False)
     data_type.add_argument(
         "--column-data-type",
@@ -72,10 +100,18 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common, data_type, maintenance],
         help="create the database named in the URL, and the schema",
     )
-    sub.add_parser(
+    drop = sub.add_parser(
         "drop",
         parents=[common, maintenance],
         help="drop the database (schema public) or only the schema (any other)",
+    )
+    drop.add_argument(
+        "--yes", action="store_true", help="do not ask for confirmation (needed without a terminal)"
+    )
+    drop.add_argument(
+        "--if-exists",
+        action="store_true",
+        help="succeed when the database or schema does not exist (else a failure)",
     )
     init = sub.add_parser(
         "init", parents=[common, data_type], help="create the tables, functions and triggers"
@@ -88,7 +124,11 @@ def _parser() -> argparse.ArgumentParser:
         "see the README's 'which schema to pick')",
     )
     sub.add_parser("migrate", parents=[common], help="apply pending migrations")
-    sub.add_parser("migrations", parents=[common], help="list migrations: applied or pending")
+    sub.add_parser(
+        "migrations",
+        parents=[common],
+        help="list migrations: applied or pending (--quiet: the bare list, for scripts)",
+    )
     check = sub.add_parser(
         "check",
         parents=[common],
@@ -100,7 +140,62 @@ def _parser() -> argparse.ArgumentParser:
         help="accept holes in $all (left by hard deletes)",
     )
     _add_parked(sub, common)
+    _add_operate(sub, common)
     return parser
+
+
+def _add_operate(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``status``, ``tail [STREAM]``, ``subscriptions [list|reset|delete]``."""
+    as_json = _Parser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="JSON output")
+    sub.add_parser(
+        "status",
+        parents=[common, as_json],
+        help="head of $all, streams, each subscription's checkpoint, lag and parked events",
+    )
+    tail = sub.add_parser(
+        "tail",
+        parents=[common],
+        help="print events as they are appended, one line each (Ctrl-C to stop)",
+    )
+    tail.add_argument(
+        "stream", metavar="STREAM", nargs="?", default="$all", help="stream (default: $all)"
+    )
+    tail.add_argument("--json", action="store_true", help="one JSON object per event")
+
+    subs = sub.add_parser(
+        "subscriptions",
+        parents=[common, as_json],
+        help="list subscriptions (checkpoint, lag, parked, state); reset or delete one",
+    )
+    actions = subs.add_subparsers(
+        dest="subscriptions_command", metavar="ACTION", parser_class=_Parser
+    )
+    nested = _common(nested=True)
+    target = _Parser(add_help=False)
+    target.add_argument("name", metavar="NAME", help="the subscription's name")
+    target.add_argument(
+        "--stream",
+        default="$all",
+        help="the subscription's stream (default: $all, an all-streams subscription)",
+    )
+    listing = actions.add_parser("list", parents=[nested], help="list the subscriptions")
+    listing.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="JSON lines"
+    )
+    reset = actions.add_parser(
+        "reset",
+        parents=[nested, target],
+        help="move the checkpoint (the subscription must not be running)",
+    )
+    reset.add_argument(
+        "--to", type=int, required=True, metavar="N", help="the new checkpoint (0: from the start)"
+    )
+    actions.add_parser(
+        "delete",
+        parents=[nested, target],
+        help="delete the subscription and its parked events (it must not be running)",
+    )
 
 
 def _add_parked(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -149,12 +244,74 @@ def _run_parked(url: str, args: argparse.Namespace) -> None:
     change(url, args.name, args.schema, args.quiet, event_numbers=args.events, **options)
 
 
+def _confirm_drop(url: str, args: argparse.Namespace) -> None:
+    """Ask before dropping; refuse when there is no terminal to ask on (and no --yes)."""
+    if args.yes:
+        return
+    given, _ = _parse_url(url)
+    if args.schema == "public":
+        what = f'database "{_database_name(given)}"'
+    else:
+        what = f'schema "{args.schema}" of database "{_database_name(given)}"'
+    if not sys.stdin.isatty():
+        raise commands.CommandError(
+            f"refusing to drop the {what} without --yes (standard input is not a terminal)"
+        )
+    answer = input(
+        f"Drop the event store's {what} on {_show(given)}, with every event in it? [y/N] "
+    )
+    if answer.strip().lower() not in ("y", "yes"):
+        raise commands.CommandError(f"the {what} was not dropped (not confirmed)")
+
+
+def _run_tail(url: str, args: argparse.Namespace) -> None:
+    """Follow until SIGINT or SIGTERM, then return (exit status 0)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        commands.tail(url, args.stream, args.schema, args.quiet, as_json=args.json, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run_subscriptions(url: str, args: argparse.Namespace) -> None:
+    action = args.subscriptions_command or "list"
+    if action == "list":
+        commands.subscriptions_list(url, args.schema, args.quiet, as_json=args.json)
+    elif action == "reset":
+        commands.subscription_reset(
+            url, args.name, args.to, args.schema, args.quiet, stream_uuid=args.stream
+        )
+    else:
+        commands.subscription_delete(
+            url, args.name, args.schema, args.quiet, stream_uuid=args.stream
+        )
+
+
 def _run(args: argparse.Namespace) -> None:
     url = args.url or os.environ.get("EVENTSTORE_URL") or ""
     if args.command == "create":
         commands.create(url, args.schema, args.quiet, maintenance_database=args.maintenance_db)
     elif args.command == "drop":
-        commands.drop(url, args.schema, args.quiet, maintenance_database=args.maintenance_db)
+        _confirm_drop(url, args)
+        commands.drop(
+            url,
+            args.schema,
+            args.quiet,
+            maintenance_database=args.maintenance_db,
+            if_exists=args.if_exists,
+        )
+    elif args.command == "status":
+        commands.status(url, args.schema, args.quiet, as_json=args.json)
+    elif args.command == "tail":
+        _run_tail(url, args)
+    elif args.command == "subscriptions":
+        _run_subscriptions(url, args)
     elif args.command == "init":
         commands.init(
             url,
@@ -170,7 +327,7 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "parked":
         _run_parked(url, args)
     else:
-        commands.migrations(url, args.schema, args.quiet)
+        commands.migrations(url, args.schema, args.quiet, print_list=args.quiet)
 
 
 def _fail(message: str) -> None:
@@ -184,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         _fail(str(error))
         return _USAGE_ERROR
+    except SystemExit as done:  # --help, --version
+        return done.code if isinstance(done.code, int) else 0
     try:
         _run(args)
     except commands.CommandError as error:

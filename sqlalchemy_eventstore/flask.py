@@ -11,9 +11,12 @@
         events.append_to_stream("order-1", NO_STREAM, [EventData("OrderPlaced", {...})])
         db.session.commit()  # the row and the event, or neither
 
-Writes (``append_to_stream``, ``link_to_stream``, ``delete_stream``) join
-``db.session`` unless given ``conn=``; reads and everything else run on the
-store. Handlers registered with :meth:`FlaskEventStore.handler` become
+Writes (``append_to_stream``, ``link_to_stream``, ``delete_stream``,
+``record_snapshot``, ``delete_snapshot``) and reads (``read_*``, ``stream_*``,
+``stream_info``, ``paginate_streams``, ``read_snapshot``, ``parked_events``)
+join ``db.session`` unless given ``conn=``: a view reads back what it has
+appended before committing it. Subscriptions and the parked-event actions run
+on the store. Handlers registered with :meth:`FlaskEventStore.handler` become
 persistent subscriptions, started once per process (at the first request or
 by :meth:`FlaskEventStore.start_subscriptions`) and stopped at exit.
 """
@@ -92,6 +95,28 @@ def _delegate(
 
     call.__name__ = call.__qualname__ = name
     call.__doc__ = method.__doc__
+    return call
+
+
+def _delegate_in_session(
+    method: Callable[Concatenate[EventStore, P], R],
+) -> Callable[Concatenate[FlaskEventStore, P], R]:
+    """A method running ``method`` on the current app's store in ``db.session``
+    (unless the caller passes ``conn=``)."""
+    name = method.__name__
+
+    def call(self: FlaskEventStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        state = self._state()
+        if kwargs.get("conn") is None:
+            kwargs["conn"] = state.db.session()
+        bound: Callable[P, R] = getattr(state.store, name)
+        return bound(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = (
+        f":meth:`EventStore.{name}` on the current app's store, in ``db.session`` "
+        "unless given ``conn=``."
+    )
     return call
 
 
@@ -229,29 +254,32 @@ class FlaskEventStore:
             stream_uuid, expected_version, hard=hard, conn=self._session_or(conn), timeout=timeout
         )
 
+    # -- reads and snapshots join db.session too ------------------------------------------
+
+    read_stream_forward = _delegate_in_session(EventStore.read_stream_forward)
+    read_stream_backward = _delegate_in_session(EventStore.read_stream_backward)
+    read_all_streams_forward = _delegate_in_session(EventStore.read_all_streams_forward)
+    read_all_streams_backward = _delegate_in_session(EventStore.read_all_streams_backward)
+    stream_forward = _delegate_in_session(EventStore.stream_forward)
+    stream_backward = _delegate_in_session(EventStore.stream_backward)
+    stream_all_forward = _delegate_in_session(EventStore.stream_all_forward)
+    stream_all_backward = _delegate_in_session(EventStore.stream_all_backward)
+    stream_info = _delegate_in_session(EventStore.stream_info)
+    paginate_streams = _delegate_in_session(EventStore.paginate_streams)
+    record_snapshot = _delegate_in_session(EventStore.record_snapshot)
+    read_snapshot = _delegate_in_session(EventStore.read_snapshot)
+    delete_snapshot = _delegate_in_session(EventStore.delete_snapshot)
+    parked_events = _delegate_in_session(EventStore.parked_events)
+
     # -- everything else runs on the store ---------------------------------------------
 
     init = _delegate(EventStore.init)
-    read_stream_forward = _delegate(EventStore.read_stream_forward)
-    read_stream_backward = _delegate(EventStore.read_stream_backward)
-    read_all_streams_forward = _delegate(EventStore.read_all_streams_forward)
-    read_all_streams_backward = _delegate(EventStore.read_all_streams_backward)
-    stream_forward = _delegate(EventStore.stream_forward)
-    stream_backward = _delegate(EventStore.stream_backward)
-    stream_all_forward = _delegate(EventStore.stream_all_forward)
-    stream_all_backward = _delegate(EventStore.stream_all_backward)
-    stream_info = _delegate(EventStore.stream_info)
-    paginate_streams = _delegate(EventStore.paginate_streams)
-    record_snapshot = _delegate(EventStore.record_snapshot)
-    read_snapshot = _delegate(EventStore.read_snapshot)
-    delete_snapshot = _delegate(EventStore.delete_snapshot)
     subscribe = _delegate(EventStore.subscribe)
     subscribe_to_stream = _delegate(EventStore.subscribe_to_stream)
     unsubscribe_from_stream = _delegate(EventStore.unsubscribe_from_stream)
     unsubscribe_from_all_streams = _delegate(EventStore.unsubscribe_from_all_streams)
     delete_subscription = _delegate(EventStore.delete_subscription)
     delete_all_streams_subscription = _delegate(EventStore.delete_all_streams_subscription)
-    parked_events = _delegate(EventStore.parked_events)
     replay_parked = _delegate(EventStore.replay_parked)
     discard_parked = _delegate(EventStore.discard_parked)
 

@@ -3,18 +3,18 @@
 The package ships an Alembic branch labelled ``eventstore`` whose base revision
 creates what ``EventStore.init()`` creates. Use it from your own environment:
 
-1. Add its directory to ``version_locations`` in ``alembic.ini``, beside your own
-   (``path_separator = os`` splits the list on ``:``)::
+1. Add it to ``version_locations`` in ``alembic.ini``, beside your own, in the
+   package-resource form that holds wherever the package is installed (it
+   contains a ``:``, so separate the list with spaces)::
 
        [alembic]
        script_location = %(here)s/migrations
-       path_separator = os
-       version_locations = %(here)s/migrations/versions:<output of version_location()>
+       path_separator = space
+       version_locations = %(here)s/migrations/versions sqlalchemy_eventstore.alembic_migrations:versions
 
-   or set it from ``env.py`` / code with ``config.set_main_option(
-   "version_locations", ...)``. The resource form
-   ``sqlalchemy_eventstore.alembic_migrations:versions`` works too (with a
-   separator other than ``:``, e.g. ``path_separator = space``).
+   Code that builds its own ``Config`` can use the directory,
+   :func:`version_location`, with ``config.set_main_option(
+   "version_locations", ...)`` before running a command.
 
 2. Choose the event store's schema and column type, once, in the same
    ``[alembic]`` section (the defaults are shown)::
@@ -54,8 +54,9 @@ creates what ``EventStore.init()`` creates. Use it from your own environment:
 
 Your own revisions live on their own branch: create the first with
 ``alembic revision -m "..." --head=base --branch-label=app
---version-path=migrations/versions``.
-"""
+--version-path=migrations/versions``, and each later one with
+``--head=app@head`` (the script directory has two heads).
+"""  # noqa: E501
 
 from __future__ import annotations
 

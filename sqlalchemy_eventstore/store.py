@@ -94,6 +94,36 @@ class EventStore(StorageCalls):
     ``$all`` row's lock until its transaction ends) or ``"sequencer"`` (an
     append locks only its stream; its events are numbered into ``$all`` after
     its commit). See docs/global-order.md.
+
+    Args:
+        url_or_engine: A ``postgresql://`` URL (``postgresql+psycopg://`` for
+            psycopg 3) or a SQLAlchemy ``Engine``.
+        schema: The PostgreSQL schema holding the event store's tables.
+        serializer: Turns event data and metadata into column values and back;
+            by default :class:`JsonSerializer` (bytea) or
+            :class:`JsonbSerializer` (jsonb).
+        column_data_type: ``"bytea"`` or ``"jsonb"``: the type of the data and
+            metadata columns, as created by :meth:`init`.
+        enable_hard_deletes: Allow ``delete_stream(..., hard=True)``.
+        session_mode_url: A URL for LISTEN and advisory locks when ``url`` goes
+            through a transaction-mode pooler.
+        subscription_retry_interval: Seconds between attempts to take a
+            persistent subscription that another process holds.
+        name: A name for logs and ``pg_stat_activity``'s ``application_name``.
+        timeout: Seconds each storage call may wait on the database (None: no
+            limit); each call can pass its own ``timeout=``.
+        foreign_keys: Whether :meth:`init` creates ``stream_events``' foreign
+            keys.
+        global_order: ``"lock"`` or ``"sequencer"``: how appends get their
+            ``$all`` positions.
+
+    Raises:
+        TypeError: An argument of the wrong type (``url_or_engine``,
+            ``serializer``, ``subscription_retry_interval``, ``name``,
+            ``timeout``).
+        ValueError: A bad ``column_data_type`` or ``global_order``, a schema
+            name the store cannot use, a serializer writing another column
+            type, a non-positive retry interval or timeout.
     """
 
     def __init__(
@@ -194,8 +224,14 @@ class EventStore(StorageCalls):
     def init(self) -> bool:
         """Create the schema and its tables, functions, triggers and ``$all`` row.
 
-        Idempotent, and safe when several processes run it at once. Returns
-        True when it created the event store, False when it already existed.
+        Idempotent, and safe when several processes run it at once.
+
+        Returns:
+            True when it created the event store, False when it already existed.
+
+        Raises:
+            sqlalchemy.exc.DBAPIError: The database refused (no such database,
+                no permission to create the schema).
         """
         with self._engine.begin() as conn:
             return create_schema(
@@ -275,7 +311,23 @@ class EventStore(StorageCalls):
         mapper: Callable[[RecordedEvent], Any] | None = None,
     ) -> Subscription:
         """A transient subscription to a stream or ``$all``: every event committed
-        after this returns is delivered; nothing is acknowledged or persisted."""
+        after this returns is delivered; nothing is acknowledged or persisted.
+
+        Args:
+            stream_uuid: The stream, or ``$all``.
+            handler: Called with each batch (a list) on a thread of the store;
+                without one, take batches with :meth:`Subscription.receive`.
+            selector: Deliver only the events for which it returns true.
+            mapper: Deliver ``mapper(event)`` instead of each event.
+
+        Returns:
+            The :class:`Subscription`.
+
+        Raises:
+            RuntimeError: The store is closed.
+            TypeError: A non-callable handler, selector or mapper.
+            ValueError: An empty stream name.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         for name, value in (("handler", handler), ("selector", selector), ("mapper", mapper)):
             check.check_callable(value, name)
@@ -302,9 +354,47 @@ class EventStore(StorageCalls):
         """A persistent subscription: at-least-once delivery from the last
         acknowledged event, one instance across all processes.
 
-        ``max_retries``: after that many retries of an event that user code
-        (or the serializer) fails on, the event is parked and the
-        subscription carries on (None: retry without end)."""
+        Its checkpoint is stored in the ``subscriptions`` table; an advisory
+        lock keeps one process delivering it at a time (the others wait and
+        take over when it stops).
+
+        Args:
+            stream_uuid: The stream, or ``$all``.
+            subscription_name: The subscription's name, unique per stream.
+            handler: Called with each batch; the batch is acknowledged when it
+                returns. Without one, :meth:`Subscription.receive` and
+                :meth:`Subscription.ack`.
+            start_from: :data:`ORIGIN`, :data:`CURRENT` or a position, for a
+                subscription that does not exist yet (an existing one resumes
+                after its checkpoint).
+            selector: Deliver only the events for which it returns true.
+            mapper: Deliver ``mapper(event)`` instead of each event.
+            concurrency_limit: How many subscribers may share the subscription.
+            buffer_size: Events in flight per subscriber before it must ack.
+            max_size: Events held in memory while catching up.
+            checkpoint_threshold: Acks between checkpoint writes.
+            checkpoint_after: Seconds after which a pending checkpoint is
+                written anyway.
+            partition_by: With ``concurrency_limit > 1``: events of one
+                partition go to one subscriber, in order.
+            transient: Keep no checkpoint (delivery restarts from
+                ``start_from`` each time).
+            max_retries: After that many retries of an event that user code
+                (or the serializer) fails on, the event is parked and the
+                subscription carries on (None: retry without end).
+
+        Returns:
+            The :class:`Subscription`.
+
+        Raises:
+            SubscriptionAlreadyExistsError: The subscription already has its
+                one subscriber in this process.
+            TooManySubscribersError: It has ``concurrency_limit`` subscribers.
+            AlreadySubscribedError: This handler is already subscribed.
+            RuntimeError: The store is closed.
+            TypeError: An option of the wrong type.
+            ValueError: An option out of range.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         options = persistent_options(
@@ -330,11 +420,29 @@ class EventStore(StorageCalls):
         return self._get_runner().subscribe_persistent(stream_uuid, name, handler, options)
 
     def subscribe_to_all_streams(self, subscription_name: str, **options: Any) -> Subscription:
-        """A persistent subscription to ``$all`` (options as :meth:`subscribe_to_stream`)."""
+        """A persistent subscription to ``$all`` (options as :meth:`subscribe_to_stream`).
+
+        Returns:
+            The :class:`Subscription`.
+
+        Raises:
+            The errors of :meth:`subscribe_to_stream`.
+        """
         return self.subscribe_to_stream(ALL_STREAM, subscription_name, **options)
 
     def unsubscribe_from_stream(self, stream_uuid: str, subscription_name: str) -> None:
-        """Stop the subscription's subscribers in this process; the checkpoint is kept."""
+        """Stop the subscription's subscribers in this process; the checkpoint is kept.
+
+        No error when none runs here.
+
+        Args:
+            stream_uuid: The subscribed stream, or ``$all``.
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: An argument that is not a str.
+            ValueError: An empty name.
+        """
         stream_uuid = check.check_stream_uuid(stream_uuid)
         name = check.check_stream_uuid(subscription_name, "subscription_name")
         with self._runner_lock:
@@ -343,18 +451,46 @@ class EventStore(StorageCalls):
             runner.unsubscribe_all((stream_uuid, name))
 
     def unsubscribe_from_all_streams(self, subscription_name: str) -> None:
+        """:meth:`unsubscribe_from_stream` of a subscription to ``$all``.
+
+        Args:
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: The name is not a str.
+            ValueError: The name is empty.
+        """
         self.unsubscribe_from_stream(ALL_STREAM, subscription_name)
 
     def delete_subscription(self, stream_uuid: str, subscription_name: str) -> None:
         """Stop any live subscriber here and delete the subscription's checkpoint.
 
-        A process elsewhere running it finds its row gone within a lock check
-        (half a second) and stops its subscribers too."""
+        Its parked events go with it. No error when it does not exist. A
+        process elsewhere running it finds its row gone within a lock check
+        (half a second) and stops its subscribers too.
+
+        Args:
+            stream_uuid: The subscribed stream, or ``$all``.
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: An argument that is not a str.
+            ValueError: An empty name.
+        """
         self.unsubscribe_from_stream(stream_uuid, subscription_name)
         with self._engine.begin() as conn:
             delete_subscription_row(conn, self.schema, stream_uuid, subscription_name)
 
     def delete_all_streams_subscription(self, subscription_name: str) -> None:
+        """:meth:`delete_subscription` of a subscription to ``$all``.
+
+        Args:
+            subscription_name: The subscription's name.
+
+        Raises:
+            TypeError: The name is not a str.
+            ValueError: The name is empty.
+        """
         self.delete_subscription(ALL_STREAM, subscription_name)
 
     # -- parked events -------------------------------------------------------------
@@ -368,7 +504,22 @@ class EventStore(StorageCalls):
         *,
         conn: ConnLike | None = None,
     ) -> list[ParkedEvent]:
-        """The subscription's parked events, in event order ([] for an unknown one)."""
+        """The subscription's parked events, in event order ([] for an unknown one).
+
+        Args:
+            subscription_name: The subscription's name.
+            stream_uuid: Its stream (``$all`` by default).
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            A list of :class:`ParkedEvent`.
+
+        Raises:
+            TypeError: An argument that is not a str.
+            ValueError: An empty name.
+        """
         return self._call(conn, self._parked_events_call(subscription_name, stream_uuid))
 
     def replay_parked(
@@ -383,7 +534,23 @@ class EventStore(StorageCalls):
 
         Whichever process holds the subscription delivers them -- at once when
         it is live (it is notified), else when it next starts -- and removes
-        each once acked. Returns how many were queued.
+        each once acked.
+
+        Args:
+            subscription_name: The subscription's name.
+            stream_uuid: Its stream (``$all`` by default).
+            event_numbers: Only these (positions in the subscribed stream);
+                None for all.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            How many were queued.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: An empty name, an event number below 1.
         """
         call = self._change_parked_call("replay", subscription_name, stream_uuid, event_numbers)
         return self._call(conn, call)
@@ -396,7 +563,22 @@ class EventStore(StorageCalls):
         *,
         conn: ConnLike | None = None,
     ) -> int:
-        """Remove parked events (all, or those numbered) without delivering them;
-        how many were removed."""
+        """Remove parked events (all, or those numbered) without delivering them.
+
+        Args:
+            subscription_name: The subscription's name.
+            stream_uuid: Its stream (``$all`` by default).
+            event_numbers: Only these; None for all.
+            conn: A ``Session`` or ``Connection`` whose transaction the call joins
+                (nothing is committed); by default the store's own connection,
+                committed at once.
+
+        Returns:
+            How many were removed.
+
+        Raises:
+            TypeError: An argument of the wrong type.
+            ValueError: An empty name, an event number below 1.
+        """
         call = self._change_parked_call("discard", subscription_name, stream_uuid, event_numbers)
         return self._call(conn, call)

@@ -145,15 +145,21 @@ def test_create_init_migrate_migrations_drop(fresh_url: URL, admin_engine: Engin
 
     append_and_read(fresh_url)
 
-    assert "has been dropped" in assert_ok(run("drop", "--url", url))
+    assert "has been dropped" in assert_ok(run("drop", "--url", url, "--yes"))
     assert not database_exists(admin_engine, name)
-    assert "already been dropped" in assert_ok(run("drop", "--url", url))
+    # Gone: a failure (a mistyped name must not look like success) unless --if-exists.
+    assert_failed(run("drop", "--url", url, "--yes"), f'database "{name}" does not exist')
+    assert "nothing to drop" in assert_ok(run("drop", "--url", url, "--yes", "--if-exists"))
 
 
-def test_quiet_prints_nothing(fresh_url: URL) -> None:
+def test_quiet_prints_nothing_but_the_answer(fresh_url: URL) -> None:
     url = url_text(fresh_url)
-    for command in ("create", "init", "migrate", "migrations", "drop"):
+    for command in ("create", "init", "migrate"):
         assert assert_ok(run(command, "--url", url, "--quiet")) == ""
+    # The list is what `migrations` is asked for: --quiet keeps it, bare, one per line.
+    out = assert_ok(run("migrations", "--url", url, "--quiet"))
+    assert out.splitlines() == [f"{version}\tapplied" for version in ALL_VERSIONS]
+    assert assert_ok(run("drop", "--url", url, "--quiet", "--yes")) == ""
 
 
 def test_python_dash_m_and_the_environment_url(fresh_url: URL, admin_engine: Engine) -> None:
@@ -161,7 +167,7 @@ def test_python_dash_m_and_the_environment_url(fresh_url: URL, admin_engine: Eng
     assert_ok(run("create", command=PYTHON_M, env=env))
     assert_ok(run("init", command=PYTHON_M, env=env))
     assert "1.3.2" in assert_ok(run("migrations", command=PYTHON_M, env=env))
-    assert_ok(run("drop", command=PYTHON_M, env=env))
+    assert_ok(run("drop", "--yes", command=PYTHON_M, env=env))
     assert fresh_url.database is not None
     assert not database_exists(admin_engine, fresh_url.database)
 
@@ -186,12 +192,15 @@ def test_a_schema_of_its_own(fresh_url: URL, admin_engine: Engine) -> None:
         append_and_read(fresh_url, "tenant1", column_data_type="jsonb")
 
         # drop with a schema drops that schema only: the database and public stay.
-        out = assert_ok(run("drop", "--url", url, "--schema", "tenant1"))
+        out = assert_ok(run("drop", "--url", url, "--schema", "tenant1", "--yes"))
         assert 'The EventStore schema "tenant1" has been dropped.' in out
         with engine.connect() as conn:
             assert not schema_present(conn, "tenant1")
             assert conn.exec_driver_sql("SELECT count(*) FROM public.streams").scalar() == 1
-        assert "already been dropped" in assert_ok(run("drop", "--url", url, "--schema", "tenant1"))
+        assert_failed(
+            run("drop", "--url", url, "--schema", "tenant1", "--yes"),
+            'schema "tenant1" does not exist',
+        )
     finally:
         engine.dispose()
     assert fresh_url.database is not None
@@ -357,7 +366,8 @@ def closed_port() -> int:
 @pytest.mark.parametrize("command", ["create", "drop", "init", "migrate", "migrations"])
 def test_unreachable_server(command: str) -> None:
     url = f"postgresql://admin:s3cr3t-pw@127.0.0.1:{closed_port()}/nowhere"
-    line = assert_failed(run(command, "--url", url), "cannot connect to", "***")
+    extra = ["--yes"] if command == "drop" else []
+    line = assert_failed(run(command, "--url", url, *extra), "cannot connect to", "***")
     assert "s3cr3t-pw" not in line
 
 

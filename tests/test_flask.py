@@ -150,6 +150,40 @@ def test_link_and_delete_join_the_session_and_roll_back_with_it(
             t.events.read_stream_forward("order-A-1")
 
 
+def test_reads_join_the_session_and_see_what_the_view_appended(
+    make_app: Callable[..., App],
+) -> None:
+    """A view reads back its own uncommitted events; other sessions do not see them."""
+    t = make_app()
+    seen: dict[str, Any] = {}
+
+    @t.app.post("/echo/<reference>")
+    def echo(reference: str) -> tuple[str, int]:
+        stream = f"echo-{reference}"
+        t.events.append_to_stream(stream, NO_STREAM, [EventData("Echoed", {"r": reference})])
+        seen["read"] = [e.data for e in t.events.read_stream_forward(stream)]
+        seen["lazy"] = [e.event_type for e in t.events.stream_all_forward()]
+        seen["info"] = t.events.stream_info(stream).stream_version
+        seen["page"] = [i.stream_uuid for i in t.events.paginate_streams(search="echo").entries]
+        # The store's own connections (outside db.session) see nothing yet.
+        with pytest.raises(StreamNotFoundError):
+            t.events.store.read_stream_forward(stream)
+        if request.args.get("fail"):
+            raise Boom("rolled back")
+        t.db.session.commit()
+        return reference, 201
+
+    client = t.app.test_client()
+    assert client.post("/echo/one").status_code == 201
+    assert seen == {"read": [{"r": "one"}], "lazy": ["Echoed"], "info": 1, "page": ["echo-one"]}
+    assert client.post("/echo/two?fail=1").status_code == 500
+    assert seen["read"] == [{"r": "two"}]
+    with t.app.app_context():
+        with pytest.raises(StreamNotFoundError):
+            t.events.read_stream_forward("echo-two")
+        assert len(t.events.read_stream_forward("echo-one")) == 1
+
+
 def test_an_explicit_conn_wins_over_the_session(make_app: Callable[..., App]) -> None:
     t = make_app()
     with t.app.app_context():
@@ -375,3 +409,25 @@ def test_the_package_imports_without_flask() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "pip install 'sqlalchemy-eventstore[flask]'" in result.stdout
+
+
+def test_the_admin_page_mounts_in_the_app(make_app: Callable[..., App]) -> None:
+    """As docs/admin.md shows: DispatcherMiddleware in front of the Flask app."""
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    from sqlalchemy_eventstore.admin import make_admin_app
+
+    t = make_app()
+    with t.app.app_context():
+        admin = make_admin_app(
+            t.events.store, authorize=lambda environ: environ.get("HTTP_X_ROLE") == "admin"
+        )
+    t.app.wsgi_app = DispatcherMiddleware(t.app.wsgi_app, {"/admin/events": admin})  # type: ignore[method-assign]
+    client = t.app.test_client()
+    assert client.post("/orders/A-1").status_code == 201  # the app still answers
+    assert client.get("/admin/events/").status_code == 403
+    page = client.get("/admin/events/stream?id=order-A-1", headers={"X-Role": "admin"})
+    assert page.status_code == 200
+    body = page.get_data(as_text=True)
+    assert "OrderPlaced" in body
+    assert 'href="/admin/events/event?stream=order-A-1&amp;n=1"' in body

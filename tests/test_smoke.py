@@ -10,3 +10,12 @@ def test_append_then_read_round_trip(store):
         {"n": 1},
         {"by": "me"},
     )
+
+
+def test_every_error_is_importable_from_the_package_root() -> None:
+    import sqlalchemy_eventstore
+    from sqlalchemy_eventstore import errors
+
+    for name in errors.__all__:
+        assert getattr(sqlalchemy_eventstore, name) is getattr(errors, name)
+        assert name in sqlalchemy_eventstore.__all__
