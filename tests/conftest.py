@@ -209,6 +209,15 @@ ASYNC_CONTRACT_MODULES = {
 }
 ALL_DRIVERS = ["psycopg2", "psycopg", "async-psycopg", "async-asyncpg"]
 
+#: ``EVENTSTORE_TEST_MATRIX=full``: every contract module on every driver, schema
+#: variant and global order, the cross of both variants included.
+FULL_MATRIX = os.environ.get("EVENTSTORE_TEST_MATRIX", "") == "full"
+#: (foreign_keys, global_order) of the contract modules' ``store``, with their ids.
+STORE_VARIANTS = [(True, "lock"), (False, "lock"), (True, "sequencer")] + (
+    [(False, "sequencer")] if FULL_MATRIX else []
+)
+STORE_VARIANT_IDS = ["fks", "no-fks", "sequencer", "no-fks-sequencer"][: len(STORE_VARIANTS)]
+
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
@@ -224,19 +233,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("driver", ALL_DRIVERS[:2] if sync_only else ALL_DRIVERS)
     if "store" in metafunc.fixturenames and module in SCHEMA_VARIANT_MODULES:
         # Both schema variants in lock mode, and the sequencer on the default
-        # variant: three combinations rather than four keeps CI time in check.
+        # variant: three combinations rather than four keeps CI time in check
+        # (the full matrix adds the fourth).
         metafunc.parametrize(
-            ("foreign_keys", "global_order"),
-            [(True, "lock"), (False, "lock"), (True, "sequencer")],
-            ids=["fks", "no-fks", "sequencer"],
+            ("foreign_keys", "global_order"), STORE_VARIANTS, ids=STORE_VARIANT_IDS
         )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out the async API with global_order="sequencer" (not supported by it
-    yet), and run the other schema variant and global order on psycopg2 only:
-    they change the tables and the SQL, not the driver's part, and the whole
-    matrix would multiply CI time."""
+    """Run the other schema variant and global order on psycopg2 only: they
+    change the tables and the SQL, not the driver's part, and the whole matrix
+    would multiply CI time (``EVENTSTORE_TEST_MATRIX=full`` runs it all)."""
+    if FULL_MATRIX:
+        return
     kept, dropped = [], []
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
