@@ -186,7 +186,7 @@ class EventStore(StorageCalls):
         )
         # global_order="sequencer": numbers committed appends into $all.
         self._sequencer = (
-            Sequencer(self._engine, self.schema) if global_order == "sequencer" else None
+            Sequencer(self._engine, self._sql) if global_order == "sequencer" else None
         )
         # How a call's timeout reaches PostgreSQL (see storage.connection):
         # kept on the store's own connections, set per transaction through a

@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import _validation as check
-from .._operations import STORE_TIMEOUT, Call, Operations, Timeout
+from .._operations import STORE_TIMEOUT, Call, Operations, ReadPlan, Timeout
 from .._options import StoreOptions, connect_args
 from .._types import (
     ALL_STREAM,
@@ -31,6 +31,7 @@ from ..storage.schema import create_schema
 from ..storage.sql import Statements
 from .connection import AsyncConnector, AsyncConnLike, AsyncRunner
 from .reads import AsyncEvents
+from .sequencer import AsyncSequencer
 
 __all__ = ["AsyncEventStore", "AsyncEvents"]
 
@@ -57,9 +58,10 @@ class AsyncEventStore(Operations):
     ``url_or_engine`` is a ``postgresql+psycopg://`` or ``postgresql+asyncpg://``
     URL (plain ``postgresql://`` means psycopg 3), or an ``AsyncEngine`` whose
     pool the store shares and does not dispose of. The options are
-    EventStore's, with the same meaning; ``global_order`` is ``"lock"`` only
-    for now (``"sequencer"`` raises ValueError). ``conn=`` takes an ``AsyncSession``
-    or ``AsyncConnection`` in the caller's transaction, joined, never committed.
+    EventStore's, with the same meaning (``global_order="sequencer"``: appends
+    are numbered into ``$all`` after their commit, see :mod:`.sequencer`).
+    ``conn=`` takes an ``AsyncSession`` or ``AsyncConnection`` in the caller's
+    transaction, joined, never committed.
     """
 
     def __init__(
@@ -77,12 +79,7 @@ class AsyncEventStore(Operations):
         foreign_keys: bool = True,
         global_order: str = "lock",
     ) -> None:
-        if global_order == "sequencer":
-            raise ValueError(
-                "global_order='sequencer' is not supported by AsyncEventStore yet: "
-                "use global_order='lock', or a sync EventStore for that schema"
-            )
-        if global_order != "lock":
+        if global_order not in ("lock", "sequencer"):
             raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
         options = StoreOptions(
             schema=schema,
@@ -123,8 +120,14 @@ class AsyncEventStore(Operations):
         self.foreign_keys = foreign_keys
         self.global_order = global_order
         # No psycopg2 here: the drivers prepare statements by themselves.
-        self._sql = Statements(self.schema, self.column_data_type, prepare=False)
+        self._sql = Statements(
+            self.schema, self.column_data_type, prepare=False, global_order=global_order
+        )
         self._runner = runner
+        # global_order="sequencer": numbers committed appends into $all.
+        self._sequencer = (
+            AsyncSequencer(engine, self._sql, runner) if global_order == "sequencer" else None
+        )
         self._connector = AsyncConnector(
             engine,
             "local" if session_mode_url is not None else ("session" if owns else "restore"),
@@ -157,6 +160,8 @@ class AsyncEventStore(Operations):
         if self._closed:
             return
         self._closed = True
+        if self._sequencer is not None:
+            await self._sequencer.close()
         if self._owns_engine:
             await self._engine.dispose()
 
@@ -179,6 +184,18 @@ class AsyncEventStore(Operations):
         async with self._connector.connect(conn, transaction=call.tx, timeout=call.seconds) as c:
             return await self._runner.run(c, call.op)
 
+    # -- global order (sequencer mode) ----------------------------------------
+
+    async def advance_all_stream(self) -> int:
+        """Number committed appends still waiting into ``$all`` (as EventStore's).
+
+        Returns the new head of ``$all``, or a negative number when nothing
+        waited (always in lock mode). Reads of ``$all`` call it first.
+        """
+        if self._sequencer is None:
+            return -1
+        return await self._sequencer.advance()
+
     # -- writing -------------------------------------------------------------
 
     async def append_to_stream(
@@ -192,6 +209,9 @@ class AsyncEventStore(Operations):
     ) -> None:
         """Append events to a stream, all or none (as EventStore.append_to_stream)."""
         await self._call(conn, self._append_call(stream_uuid, expected_version, events, timeout))
+        if self._sequencer is not None:
+            # global_order="sequencer": number it into $all once committed.
+            await self._sequencer.appended(conn)
 
     async def link_to_stream(
         self,
@@ -230,9 +250,15 @@ class AsyncEventStore(Operations):
         timeout: Timeout,
     ) -> list[RecordedEvent]:
         plan = self._read_plan(stream_uuid, start_version, forward=forward, timeout=timeout)
-        return await self._call(
-            conn, self._read_call(plan, start_version, check.check_count(count))
-        )
+        return await self._read_page(conn, plan, start_version, check.check_count(count))
+
+    async def _read_page(
+        self, conn: AsyncConnLike | None, plan: ReadPlan, start: int, count: int
+    ) -> list[RecordedEvent]:
+        """One page of a read; of ``$all``, after numbering what waits (sequencer mode)."""
+        if plan.stream_uuid == ALL_STREAM:
+            await self.advance_all_stream()
+        return await self._call(conn, self._read_call(plan, start, count))
 
     def _lazy(
         self,
@@ -347,7 +373,10 @@ class AsyncEventStore(Operations):
         timeout: Timeout = STORE_TIMEOUT,
     ) -> StreamInfo:
         """A stream's id, version, timestamps and status (as EventStore.stream_info)."""
-        return await self._call(conn, self._stream_info_call(stream_uuid, timeout))
+        call = self._stream_info_call(stream_uuid, timeout)
+        if stream_uuid == ALL_STREAM:
+            await self.advance_all_stream()
+        return await self._call(conn, call)
 
     async def paginate_streams(
         self,
