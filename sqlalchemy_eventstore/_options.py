@@ -27,6 +27,7 @@ class StoreOptions:
         foreign_keys: Any,
         poll_interval: Any = 1.0,
         transaction_pooling: Any = False,
+        listen: Any = True,
     ) -> None:
         if not isinstance(foreign_keys, bool):
             raise TypeError("foreign_keys must be a bool")
@@ -65,6 +66,9 @@ class StoreOptions:
             raise ValueError("poll_interval must be > 0")
         if not isinstance(transaction_pooling, bool):
             raise TypeError("transaction_pooling must be a bool")
+        if not isinstance(listen, bool):
+            raise TypeError("listen must be a bool")
+        self.listen = listen
         self.poll_interval = float(poll_interval)
         self.transaction_pooling = transaction_pooling
         self.timeout = check.check_timeout(timeout)

@@ -93,7 +93,9 @@ class EventStore(StorageCalls):
     of LISTENing, and persistent subscriptions -- which need a session to hold
     their advisory lock -- raise RuntimeError. Wherever LISTEN turns out not to
     work (the server refuses it, or it does not hold), subscriptions switch to
-    polling by themselves, logging why once. See docs/polling.md.
+    polling by themselves, logging why once; ``listen=False`` makes them poll
+    from the start (advisory locks still go to the session URL). See
+    docs/polling.md.
 
     ``foreign_keys=False`` makes :meth:`init` create ``stream_events`` without
     its three foreign keys: appends get much faster, and the append and link
@@ -127,6 +129,8 @@ class EventStore(StorageCalls):
         transaction_pooling: ``url`` goes through a transaction-mode pooler and
             no ``session_mode_url`` is given: poll, and refuse persistent
             subscriptions.
+        listen: False to poll for new events instead of LISTENing (where
+            LISTEN is known not to work, to skip finding it out).
         foreign_keys: Whether :meth:`init` creates ``stream_events``' foreign
             keys.
         global_order: ``"lock"`` or ``"sequencer"``: how appends get their
@@ -135,7 +139,8 @@ class EventStore(StorageCalls):
     Raises:
         TypeError: An argument of the wrong type (``url_or_engine``,
             ``serializer``, ``subscription_retry_interval``, ``name``,
-            ``timeout``, ``poll_interval``, ``transaction_pooling``).
+            ``timeout``, ``poll_interval``, ``transaction_pooling``,
+            ``listen``).
         ValueError: A bad ``column_data_type`` or ``global_order``, a schema
             name the store cannot use, a serializer writing another column
             type, a non-positive retry interval, timeout or poll interval.
@@ -157,6 +162,7 @@ class EventStore(StorageCalls):
         global_order: str = "lock",
         poll_interval: float = 1.0,
         transaction_pooling: bool = False,
+        listen: bool = True,
     ) -> None:
         options = StoreOptions(
             schema=schema,
@@ -168,6 +174,7 @@ class EventStore(StorageCalls):
             foreign_keys=foreign_keys,
             poll_interval=poll_interval,
             transaction_pooling=transaction_pooling,
+            listen=listen,
         )
         # Through a transaction-mode pooler: no server-side session state on url.
         pooled = session_mode_url is not None or options.transaction_pooling
@@ -197,6 +204,7 @@ class EventStore(StorageCalls):
         self.subscription_retry_interval = options.subscription_retry_interval
         self.poll_interval = options.poll_interval
         self.transaction_pooling = options.transaction_pooling
+        self.listen = options.listen
         self.name = name
         self.foreign_keys = foreign_keys
         # Prepared statements cannot cross a transaction-mode pooler.
@@ -354,13 +362,19 @@ class EventStore(StorageCalls):
             retry_interval=self.subscription_retry_interval,
             sequence_soon=self._sequence_soon if self._sequencer is not None else None,
             poll_interval=self.poll_interval,
-            polling_reason=(
+            polling_reason=self._polling_reason(),
+        )
+
+    def _polling_reason(self) -> str | None:
+        """Why subscriptions poll from the start (None: they LISTEN)."""
+        if self._pooled_without_session:
+            return (
                 "the store's url goes through a transaction-mode pooler "
                 "(transaction_pooling=True) and no session_mode_url was given"
-                if self._pooled_without_session
-                else None
-            ),
-        )
+            )
+        if not self.listen:
+            return "the store was made with listen=False"
+        return None
 
     @property
     def _pooled_without_session(self) -> bool:
