@@ -510,9 +510,7 @@ def test_concurrent_appends_through_transaction_pooling(
 
 
 @pytest.fixture
-def pooled_store(
-    bouncer: Bouncer, admin_engine: Engine
-) -> Iterator[Callable[..., EventStore]]:
+def pooled_store(bouncer: Bouncer, admin_engine: Engine) -> Iterator[Callable[..., EventStore]]:
     """Initialised stores whose only URL is pgbouncer's (options as given)."""
     made: list[EventStore] = []
 
