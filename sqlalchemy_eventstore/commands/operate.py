@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from sqlalchemy.engine import URL
 
 from .. import _validation
+from .._format import duration
 from .._raw import RawSerializer
 from .._types import ALL_STREAM, RecordedEvent
 from ..storage import overview
@@ -64,16 +65,6 @@ def _info_json(info: SubscriptionInfo) -> dict[str, Any]:
     }
 
 
-def age(seconds: float | None) -> str:
-    """A duration for people: "-" for none, else seconds, minutes, hours or days."""
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f} {unit}"
-    return f"{seconds:.0f} s"
-
-
 def _table(infos: list[SubscriptionInfo]) -> list[str]:
     """The subscriptions as aligned text lines (a header first)."""
     rows = [("subscription", "stream", "checkpoint", "lag", "parked", "state", "behind for")]
@@ -88,7 +79,7 @@ def _table(infos: list[SubscriptionInfo]) -> list[str]:
                 str(info.lag),
                 parked,
                 state,
-                age(info.pending_age),
+                duration(info.pending_age),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
