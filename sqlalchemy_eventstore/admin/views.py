@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import ceil
 from typing import Any
 
 from .._format import duration
 from .._types import ALL_STREAM, RecordedEvent
 from ..errors import StreamDeletedError, StreamNotFoundError
-from ..stats import SubscriptionStats
+from ..stats import StoreStats, SubscriptionStats
 from ..storage import overview
 from ..storage.overview import SubscriptionInfo
 from ..store import EventStore
@@ -24,8 +25,17 @@ class NotFound(Exception):
 class Context:
     """What a view needs: the store to read with, links' base, the form for actions."""
 
-    def __init__(self, store: EventStore, base: str, page_size: int, csrf: str | None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        base: str,
+        page_size: int,
+        csrf: str | None,
+        live: Callable[[], StoreStats] | None = None,
+    ) -> None:
         self.store = store
+        # The live figures of the subscriptions this process runs (stats()).
+        self.live = live if live is not None else store.stats
         self.base = base
         self.page_size = page_size
         self.csrf = csrf  # None: actions are off (no forms rendered)
@@ -72,7 +82,7 @@ def _here(live: SubscriptionStats | None) -> str:
 def _subscription_rows(ctx: Context, infos: list[SubscriptionInfo]) -> list[list[str]]:
     rows = []
     # Subscriptions the admin's own store runs: their live figures too.
-    live = {(s.stream_uuid, s.subscription_name): s for s in ctx.store.stats().subscriptions}
+    live = {(s.stream_uuid, s.subscription_name): s for s in ctx.live().subscriptions}
     for info in infos:
         state = (
             f'<span class="state-running">running (pid {esc(info.holder_pid)})</span>'
