@@ -4,7 +4,9 @@ The reference's "Using with PgBouncer": ``url`` goes through PgBouncer in
 transaction mode (which cannot hold a LISTEN or a session advisory lock), and
 ``session_mode_url`` goes straight to the server; the store opens its LISTEN
 connection and its advisory-lock session there and runs everything else
-through PgBouncer.
+through PgBouncer. Without a direct URL (``transaction_pooling=True``, or a
+``session_mode_url`` that is the pooler too), subscriptions poll and
+persistent ones are refused.
 
 A ``pgbouncer`` process is started per module on a free 127.0.0.1 port, in
 front of the test database (by TCP or by the server's unix socket directory,
@@ -15,6 +17,7 @@ reason they may skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -501,3 +504,98 @@ def test_concurrent_appends_through_transaction_pooling(
     assert sorted({e.data["w"] for e in events}) == list(range(WRITERS))
     # pgbouncer never opened more server connections than its pool allows.
     assert len(bouncer.server_pids()) <= SERVER_POOL_SIZE
+
+
+# -- (c) no session_mode_url: subscriptions poll, persistent ones are refused -----------------
+
+
+@pytest.fixture
+def pooled_store(bouncer: Bouncer, admin_engine: Engine) -> Iterator[Callable[..., EventStore]]:
+    """Initialised stores whose only URL is pgbouncer's (options as given)."""
+    made: list[EventStore] = []
+
+    def factory(*, driver: str = "psycopg2", **options: Any) -> EventStore:
+        store = EventStore(
+            bouncer.url(driver),
+            schema=f"es_pgb_{uuid.uuid4().hex[:10]}",
+            name=f"pgb-{uuid.uuid4().hex[:8]}",
+            **options,
+        )
+        made.append(store)
+        store.init()
+        return store
+
+    yield factory
+    for store in made:
+        store.close()
+    with admin_engine.connect() as conn:
+        for store in made:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE'))
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_transaction_pooling_without_a_session_url_polls(
+    bouncer: Bouncer,
+    pooled_store: Callable[..., EventStore],
+    admin_engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+    driver: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_eventstore")
+    store = pooled_store(driver=driver, transaction_pooling=True, poll_interval=0.1)
+    stream = f"pgb-{new_id()}"
+    store.append_to_stream(stream, NO_STREAM, ticks(2, "before"))
+
+    everything = store.subscribe(ALL_STREAM)
+    one_stream = store.subscribe(stream)
+    assert store.stats().notification_mode == "poll"
+    assert eventually(lambda: everything.stats.head == 2 and one_stream.stats.head == 2)
+    # Well past psycopg 3's prepare threshold, and more than the pool's servers.
+    for round_ in range(3 * SERVER_POOL_SIZE):
+        store.append_to_stream(stream, ANY_VERSION, ticks(1, f"r{round_}"))
+    other = f"pgb-{new_id()}"
+    store.append_to_stream(other, NO_STREAM, ticks(1, "other"))
+    store.link_to_stream(stream, ANY_VERSION, store.read_stream_forward(other))
+    count = 3 * SERVER_POOL_SIZE
+    assert [e.event_number for e in flatten(collect(everything, count + 1))] == list(
+        range(3, count + 4)
+    )
+    assert [e.event_number for e in flatten(collect(one_stream, count + 1))] == list(
+        range(3, count + 4)
+    )
+    assert store.stats().notifications >= 1
+
+    # A persistent subscription cannot hold its advisory lock here: refused, saying how.
+    with pytest.raises(RuntimeError, match="session_mode_url"):
+        store.subscribe_to_all_streams("projector")
+    with pytest.raises(RuntimeError, match="transaction-mode pooler"):
+        store.subscribe_to_stream(stream, "projector", transient=True)
+
+    # Why, once; and nothing of the store reaches the server but through pgbouncer.
+    why = [r.getMessage() for r in caplog.records if "poll for new events" in r.getMessage()]
+    assert len(why) == 1 and "transaction_pooling=True" in why[0], why
+    names = {row["application_name"] for row in backends(admin_engine)}
+    assert f"eventstore-listener-{store.schema}" not in names
+    assert f"eventstore-locks-{store.schema}" not in names
+    assert store.name in {row["application_name"] for row in bouncer.clients()}
+
+
+def test_a_session_url_through_the_pooler_is_found_out(
+    bouncer: Bouncer,
+    pooled_store: Callable[..., EventStore],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """LISTEN through transaction pooling succeeds, but never hears a thing:
+    the listener's check finds it out, and the store polls."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_eventstore")
+    store = pooled_store(session_mode_url=bouncer.url(), poll_interval=0.1)
+    sub = store.subscribe(ALL_STREAM)  # returns once the check is over
+    assert store.stats().notification_mode == "poll"
+    why = [r.getMessage() for r in caplog.records if "poll for new events" in r.getMessage()]
+    assert len(why) == 1 and "LISTEN does not hold" in why[0], why
+    with pytest.raises(RuntimeError, match="session_mode_url"):
+        store.subscribe_to_all_streams("projector")
+
+    assert eventually(lambda: sub.stats.head == 0)
+    store.append_to_stream(f"pgb-{new_id()}", NO_STREAM, ticks(3, "found"))
+    assert [e.event_number for e in flatten(collect(sub, 3))] == [1, 2, 3]

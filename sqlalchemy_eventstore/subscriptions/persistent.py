@@ -66,6 +66,12 @@ class Persistent:
     status: str = "initial"
     # The parked rows changed (a replay or discard request): reload them.
     parked_dirty: bool = False
+    # For stats: parked rows as last loaded (plus parks written since), when
+    # the stored checkpoint last moved (monotonic), and the retries of the
+    # lifetimes that ended (the state counts the current one's).
+    parked_count: int = 0
+    checkpoint_moved_at: float = 0.0
+    retries: int = 0
 
     @property
     def transient(self) -> bool:
@@ -159,6 +165,7 @@ def load_parked(backend: Backend, sub: Persistent) -> tuple[dict[str, int], list
         return parked_rows.parked_summary(conn, backend.schema, subscription_id)
 
     refs = with_fresh_connection(backend, load)
+    sub.parked_count = len(refs)
     blocked: dict[str, int] = {}
     for ref in refs:
         if ref.partition_key is not None:
@@ -171,7 +178,8 @@ def unpark(backend: Backend, sub: Persistent, numbers: list[int]) -> None:
     if sub.transient or sub.subscription_id is None or not numbers:
         return
     subscription_id = sub.subscription_id
-    with_fresh_connection(
+    removed = with_fresh_connection(
         backend,
         lambda conn: parked_rows.remove_parked(conn, backend.schema, subscription_id, numbers),
     )
+    sub.parked_count = max(0, sub.parked_count - removed)

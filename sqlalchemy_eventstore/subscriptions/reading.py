@@ -56,6 +56,10 @@ class Backend:
     # global_order="sequencer": asks the store to number waiting appends into
     # $all soon, off the runner's thread (None in lock mode).
     sequence_soon: Callable[[], None] | None = None
+    # Polling mode (see subscriptions.polling): seconds between polls, and why
+    # to poll from the start (None: LISTEN, unless it turns out not to hold).
+    poll_interval: float = 1.0
+    polling_reason: str | None = None
 
 
 def _convert(row: Any, serializer: Serializer) -> RecordedEvent | Unreadable:
