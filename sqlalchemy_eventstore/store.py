@@ -35,6 +35,7 @@ from .storage.sequencer import Sequencer
 from .storage.sql import Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
+from .subscriptions.io import EngineIO
 from .subscriptions.options import FROM_CURRENT, persistent_options
 from .subscriptions.reading import Backend
 from .subscriptions.runner import Runner
@@ -291,13 +292,17 @@ class EventStore(StorageCalls):
                 pooled.detach()  # from now on closing it closes the connection itself
                 return pooled.dbapi_connection
 
+        io = EngineIO(
+            self._engine,
+            prepare=self._sql.prepare,
+            session_url=self.session_mode_url or self._engine.url,
+            session_creator=creator,
+        )
         return Backend(
-            engine=self._engine,
+            io=io,
             schema=self.schema,
             statements=self._sql,
             serializer=self.serializer,
-            session_url=self.session_mode_url or self._engine.url,
-            session_creator=creator,
             retry_interval=self.subscription_retry_interval,
             sequence_soon=self._sequence_soon if self._sequencer is not None else None,
         )

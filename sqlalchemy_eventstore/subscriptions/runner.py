@@ -23,9 +23,7 @@ from typing import Any, TypeVar
 
 from .._types import ALL_STREAM, RecordedEvent
 from ..errors import AlreadySubscribedError, SubscriptionAlreadyExistsError, TooManySubscribersError
-from ..notifications.listener import Listener
 from ..notifications.publisher import Publisher
-from ..storage.locks import AdvisoryLocks
 from .handle import Handler, Subscription
 from .inbox import Inbox, Taken
 from .locking import LockSupervision
@@ -57,11 +55,20 @@ MAX_SLEEP = 1.0
 SEQUENCE_INTERVAL = 0.5
 
 
-class Runner(LockSupervision):
-    """Drives the subscriptions of one store (started on the first subscribe)."""
+#: Makes a subscriber's handle; takes Subscription's arguments.
+HandleFactory = Callable[..., Subscription]
 
-    def __init__(self, backend: Backend) -> None:
+
+class Runner(LockSupervision):
+    """Drives the subscriptions of one store (started on the first subscribe).
+
+    ``handle_factory`` makes each subscriber's handle: the async API's
+    subclass of :class:`Subscription` wakes its event loop at each delivery.
+    """
+
+    def __init__(self, backend: Backend, handle_factory: HandleFactory = Subscription) -> None:
         self._backend = backend
+        self._new_handle = handle_factory
         self._inbox = Inbox()
         self._persistent: dict[Key, Persistent] = {}
         self._publisher = Publisher(
@@ -69,21 +76,14 @@ class Runner(LockSupervision):
             lambda s: current_version(backend, s),
             self,
         )
-        self._listener = Listener(
-            backend.session_url,
+        self._listener = backend.io.listener(
             backend.schema,
             on_notification=self._inbox.notify,
             on_reconnect=self._inbox.reconnected,
             on_parked=self._inbox.parked,
             name=f"eventstore-listener-{backend.schema}",
-            creator=backend.session_creator,
         )
-        self._locks = AdvisoryLocks(
-            backend.session_url,
-            backend.schema,
-            application_name=f"eventstore-locks-{backend.schema}",
-            creator=backend.session_creator,
-        )
+        self._locks = backend.io.locks(backend.schema, f"eventstore-locks-{backend.schema}")
         self._stopping = False
         # Reads ahead the next page of catching-up subscriptions (serving._read).
         self._reader = ThreadPoolExecutor(
@@ -178,7 +178,7 @@ class Runner(LockSupervision):
     ) -> Subscription:
         if not self._listener.wait_listening(30):
             raise TimeoutError("the notification listener could not connect")
-        handle = Subscription(
+        handle = self._new_handle(
             self,
             (stream_uuid, ""),
             stream_uuid=stream_uuid,
@@ -204,7 +204,7 @@ class Runner(LockSupervision):
         options: PersistentOptions,
     ) -> Subscription:
         key = (stream_uuid, name)
-        handle = Subscription(
+        handle = self._new_handle(
             self,
             key,
             stream_uuid=stream_uuid,
