@@ -25,7 +25,7 @@ from ..notifications.listener import Listener
 from ..notifications.payload import Notification
 from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks, EngineLockSession
-from ..storage.steps import Op, Rows, run
+from ..storage.steps import Op, run
 
 __all__ = ["EngineIO", "ListenerLike", "MakeOp", "StorageIO"]
 

@@ -122,7 +122,8 @@ def load_parked(backend: Backend, sub: Persistent) -> tuple[dict[str, int], list
     if sub.transient or sub.subscription_id is None:
         return {}, []
     subscription_id = sub.subscription_id
-    refs = backend.io.transact(lambda: parked_rows.parked_summary_op(backend.schema, subscription_id))
+    schema = backend.schema
+    refs = backend.io.transact(lambda: parked_rows.parked_summary_op(schema, subscription_id))
     blocked: dict[str, int] = {}
     for ref in refs:
         if ref.partition_key is not None:
