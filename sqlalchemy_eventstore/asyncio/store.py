@@ -2,9 +2,8 @@
 
 Each call is built by :class:`~.._operations.Operations` exactly as the sync
 store builds it (arguments, errors, statements), then awaited on the call's
-connection by :class:`~.connection.AsyncRunner`. Subscriptions are not part of
-the async API yet: use a sync :class:`~sqlalchemy_eventstore.EventStore` on the
-same schema for them.
+connection by :class:`~.connection.AsyncRunner`. Subscriptions are the sync
+API's, driven through the store's event loop (see :mod:`.subscribing`).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from ..storage.schema import create_schema
 from ..storage.sql import Statements
 from .connection import AsyncConnector, AsyncConnLike, AsyncRunner
 from .reads import AsyncEvents
+from .subscribing import AsyncSubscriptions
 
 __all__ = ["AsyncEventStore", "AsyncEvents"]
 
@@ -51,7 +51,7 @@ def _async_url(url: str | URL) -> URL:
     return parsed
 
 
-class AsyncEventStore(Operations):
+class AsyncEventStore(AsyncSubscriptions, Operations):
     """An event store on one PostgreSQL schema, for asyncio (see EventStore).
 
     ``url_or_engine`` is a ``postgresql+psycopg://`` or ``postgresql+asyncpg://``
@@ -153,12 +153,17 @@ class AsyncEventStore(Operations):
             return created
 
     async def close(self) -> None:
-        """Dispose of the engine if the store made it (a shared one is left alone)."""
+        """Stop the subscriptions (checkpoints written, every thread and task the
+        store started ended); dispose of the engine if the store made it (a
+        shared one is left alone)."""
         if self._closed:
             return
         self._closed = True
-        if self._owns_engine:
-            await self._engine.dispose()
+        try:
+            await self._close_subscriptions()
+        finally:
+            if self._owns_engine:
+                await self._engine.dispose()
 
     async def __aenter__(self) -> AsyncEventStore:
         return self

@@ -23,7 +23,7 @@ from sqlalchemy.pool import NullPool
 
 from .schema import quote_ident
 
-__all__ = ["AdvisoryLocks", "EngineLockSession", "LockSession"]
+__all__ = ["SET_APPLICATION_NAME", "AdvisoryLocks", "EngineLockSession", "LockSession"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 
@@ -37,7 +37,7 @@ _KEY = """(
               ELSE CAST(%(id)s AS bigint) END AS int)
 )"""
 
-_NAME = "SELECT set_config('application_name', %(name)s, false)"
+SET_APPLICATION_NAME = "SELECT set_config('application_name', %(name)s, false)"
 
 
 class LockSession(Protocol):
@@ -90,7 +90,7 @@ class EngineLockSession:
 
     def connect(self) -> None:
         self._conn = self._engine.connect()
-        self._conn.exec_driver_sql(_NAME, {"name": self._application_name})
+        self._conn.exec_driver_sql(SET_APPLICATION_NAME, {"name": self._application_name})
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Sequence[Any]:
         assert self._conn is not None
