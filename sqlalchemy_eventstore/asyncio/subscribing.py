@@ -131,8 +131,9 @@ class AsyncSubscriptions:
 
         async def creator() -> Any:
             pooled = await engine.raw_connection()
-            pooled.detach()  # from now on closing it closes the connection itself
-            return pooled.driver_connection
+            driver = pooled.driver_connection  # read first: detached, it has no record
+            pooled.detach()  # the caller's pool forgets it: the session engine owns it
+            return driver
 
         return create_async_engine(engine.url, async_creator=creator, **options)
 
