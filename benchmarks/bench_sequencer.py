@@ -9,11 +9,13 @@ modes on the same server in the same run, each in a fresh schema:
 
 1. throughput: 16 writer *processes* (no GIL between them), each appending to a
    stream of its own for S seconds, batches of 1 and of 10: events/s, and the
-   ratio sequencer / lock (target >= 3x);
+   ratio sequencer / lock (target >= 3x); the modes alternate over --rounds
+   windows and the medians are compared;
 2. a ``conn=`` transaction held open 5 s: 8 writer processes append
-   meanwhile; their p99 append latency with the open transaction minus their
-   p99 without it (target: < 5 ms added in sequencer mode; lock mode adds the
-   5 s);
+   meanwhile; their p99 append latency in windows with the open transaction
+   minus their p99 in windows without it (target: < 5 ms added in sequencer
+   mode; lock mode adds the 5 s), beside the same difference for windows in
+   which nothing is held (the noise floor of this machine at that moment);
 3. subscriber latency: a persistent ``$all`` subscription with a handler,
    from just *before* each single-event append call to the handler, alone and
    while 4 writer processes append in the background (target p99 < 25 ms);
@@ -163,29 +165,48 @@ def restore_reference_notification(url: URL, schema: str) -> None:
 # -- an open transaction ---------------------------------------------------------------
 
 
-def held_transaction(url: URL, mode: str, hold: float) -> tuple[float, float]:
-    """p99 latency (ms) of 8 writers without, then with, a conn= transaction open ``hold`` s."""
+def held_transaction(url: URL, mode: str, hold: float, rounds: int) -> tuple[float, float, float]:
+    """8 writers' p99 append latency (ms): in windows with nothing held, in windows
+    with a ``conn=`` transaction open ``hold`` s, and -- the noise floor -- in
+    windows marked "control" while nothing is held. Windows alternate ``rounds``
+    times, so load from other processes falls on all of them alike; the holder
+    is connected and warmed up before the first window."""
     schema = new_schema(url, mode)
     try:
-        writers = Writers(url, schema, mode, 8, 1)
-        began = writers.go()
-        time.sleep(hold)  # the baseline window
         holder = EventStore(url, schema=schema, global_order=mode)
-        opened = time.time()
-        with holder.engine.connect() as conn:
-            conn.begin()
-            holder.append_to_stream("held", ANY_VERSION, make_events(1), conn=conn)
-            time.sleep(hold)
-            conn.commit()
-        closed = time.time()
+        holder.append_to_stream("held", ANY_VERSION, make_events(1))
+        writers = Writers(url, schema, mode, 8, 1)
+        writers.go()
         time.sleep(0.5)
+        windows: list[tuple[str, float, float]] = []
+        for _ in range(rounds):
+            for kind in ("free", "held", "control"):
+                opened = time.time()
+                if kind == "held":
+                    with holder.engine.connect() as conn:
+                        conn.begin()
+                        holder.append_to_stream("held", ANY_VERSION, make_events(1), conn=conn)
+                        time.sleep(hold)
+                        conn.commit()
+                    time.sleep(0.5)  # lock mode: the appends its commit released
+                else:
+                    time.sleep(hold + 0.5)
+                windows.append((kind, opened, time.time()))
         _, samples = writers.finish()
         holder.close()
-        before = [ms for stamp, ms in samples if began + 0.5 <= stamp < opened]
-        # Appends that overlapped the open transaction: ended after it opened
-        # and (for lock mode) the ones released by its commit.
-        during = [ms for stamp, ms in samples if opened <= stamp <= closed + 0.5]
-        return percentile(before, 99), percentile(during, 99)
+
+        def p99(kind: str) -> float:
+            return percentile(
+                [
+                    ms
+                    for stamp, ms in samples
+                    for name, start, end in windows
+                    if name == kind and start <= stamp < end
+                ],
+                99,
+            )
+
+        return p99("free"), p99("held"), p99("control")
     finally:
         drop_schema(url, schema)
 
@@ -268,30 +289,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=None)
     parser.add_argument("--quick", action="store_true", help="short windows (about a minute)")
     parser.add_argument("--seconds", type=float, default=None, help="throughput window")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of windows (default 3)")
     args = parser.parse_args(argv)
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     hold = 2.0 if args.quick else 5.0
     probes = 50 if args.quick else 200
+    rounds = args.rounds or (1 if args.quick else 3)
     with server(args.url) as url:
         print(f"server: {url.render_as_string(hide_password=True)}", flush=True)
         print(f"\n1. 16 writer processes, distinct streams, {seconds:.0f} s windows (events/s)")
         print(f"   {'batch':>5}  {'lock':>9}  {'sequencer':>9}  ratio")
         for batch in (1, 10):
-            rates = {mode: throughput(url, mode, batch, seconds) for mode in MODES}
-            ratio = rates["sequencer"] / rates["lock"]
+            # Rounds alternate the modes (the first rotating), so that load
+            # from other processes falls on both; medians per mode.
+            rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+            for r in range(rounds):
+                for mode in MODES[r % 2 :] + MODES[: r % 2]:
+                    rates[mode].append(throughput(url, mode, batch, seconds))
+            lock, seq = statistics.median(rates["lock"]), statistics.median(rates["sequencer"])
+            ratio = seq / lock
+            pairs = zip(rates["lock"], rates["sequencer"], strict=True)
             print(
-                f"   {batch:>5}  {rates['lock']:>9.0f}  {rates['sequencer']:>9.0f}  "
-                f"{ratio:.2f}x  {verdict(ratio >= 3)} (>= 3x)",
+                f"   {batch:>5}  {lock:>9.0f}  {seq:>9.0f}  "
+                f"{ratio:.2f}x  {verdict(ratio >= 3)} (>= 3x)   rounds (lock/sequencer): "
+                + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in pairs),
                 flush=True,
             )
-        print(f"\n2. a conn= transaction open {hold:.0f} s; 8 writers' p99 append latency (ms)")
+        print(
+            f"\n2. a conn= transaction open {hold:.0f} s, {rounds} rounds of windows; "
+            "8 writers' p99 append latency (ms)"
+        )
         for mode in MODES:
-            before, during = held_transaction(url, mode, hold)
-            added = during - before
+            free, held, control = held_transaction(url, mode, hold, rounds)
+            added, noise = held - free, control - free
             target = f"{verdict(added < 5)} (< 5 ms added)" if mode == "sequencer" else ""
             print(
-                f"   {mode:>9}: without {before:8.1f}  with {during:8.1f}  "
-                f"added {added:8.1f}  {target}",
+                f"   {mode:>9}: free {free:8.1f}  held {held:8.1f}  added {added:+8.1f}  "
+                f"(noise floor: nothing held {control:8.1f}, {noise:+.1f})  {target}",
                 flush=True,
             )
         print(f"\n3. $all subscriber latency, {probes} probes, append call -> handler (ms)")

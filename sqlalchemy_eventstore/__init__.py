@@ -38,6 +38,7 @@ from .errors import (
     WrongExpectedVersionError,
 )
 from .serializers import JsonbSerializer, JsonSerializer, MarshmallowSerializer, Serializer
+from .stats import StoreStats, SubscriptionStats
 from .store import EventStore
 from .subscriptions.handle import Subscription
 
@@ -58,8 +59,10 @@ __all__ = [
     "RecordedEvent",
     "Serializer",
     "SnapshotData",
+    "StoreStats",
     "StreamInfo",
     "Subscription",
+    "SubscriptionStats",
     # errors (also in sqlalchemy_eventstore.errors)
     "AlreadySubscribedError",
     "CannotAppendToAllStreamError",

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from . import _validation as check
+from ._counters import StoreCounters
 from ._operations import STORE_TIMEOUT, Call, Operations, Timeout, next_start
 from ._types import (
     ALL_STREAM,
@@ -37,6 +38,7 @@ class StorageCalls(Operations):
 
     _connector: Connector
     _sequencer: Sequencer | None
+    _counters: StoreCounters
 
     def _call(self, conn: ConnLike | None, call: Call[T]) -> T:
         """Run ``call`` on the connection of the call (``conn=``'s or a pooled one)."""
@@ -105,6 +107,10 @@ class StorageCalls(Operations):
                 negative version.
         """
         self._call(conn, self._append_call(stream_uuid, expected_version, events, timeout))
+        # Plain increments, no lock: see _counters.
+        counters = self._counters
+        counters.appends += 1
+        counters.events_appended += len(events)
         if self._sequencer is not None:
             # global_order="sequencer": number it into $all once committed.
             self._sequencer.appended(conn)

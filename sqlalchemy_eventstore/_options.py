@@ -25,6 +25,9 @@ class StoreOptions:
         name: Any,
         timeout: Any,
         foreign_keys: Any,
+        poll_interval: Any = 1.0,
+        transaction_pooling: Any = False,
+        listen: Any = True,
     ) -> None:
         if not isinstance(foreign_keys, bool):
             raise TypeError("foreign_keys must be a bool")
@@ -57,6 +60,17 @@ class StoreOptions:
             raise ValueError("subscription_retry_interval must be > 0")
         if name is not None and not isinstance(name, str):
             raise TypeError("name must be a str or None")
+        if isinstance(poll_interval, bool) or not isinstance(poll_interval, (int, float)):
+            raise TypeError("poll_interval must be a number of seconds")
+        if not poll_interval > 0:
+            raise ValueError("poll_interval must be > 0")
+        if not isinstance(transaction_pooling, bool):
+            raise TypeError("transaction_pooling must be a bool")
+        if not isinstance(listen, bool):
+            raise TypeError("listen must be a bool")
+        self.listen = listen
+        self.poll_interval = float(poll_interval)
+        self.transaction_pooling = transaction_pooling
         self.timeout = check.check_timeout(timeout)
         self.serializer = chosen
         self.column_data_type: str = column_data_type

@@ -148,10 +148,16 @@ def _add_operate(sub: Any, common: argparse.ArgumentParser) -> None:
     """``status``, ``tail [STREAM]``, ``subscriptions [list|reset|delete]``."""
     as_json = _Parser(add_help=False)
     as_json.add_argument("--json", action="store_true", help="JSON output")
-    sub.add_parser(
+    status = sub.add_parser(
         "status",
         parents=[common, as_json],
         help="head of $all, streams, each subscription's checkpoint, lag and parked events",
+    )
+    status.add_argument(
+        "--max-lag",
+        type=int,
+        metavar="N",
+        help="exit 1 (naming them) when any subscription is more than N events behind",
     )
     tail = sub.add_parser(
         "tail",
@@ -307,7 +313,7 @@ def _run(args: argparse.Namespace) -> None:
             if_exists=args.if_exists,
         )
     elif args.command == "status":
-        commands.status(url, args.schema, args.quiet, as_json=args.json)
+        commands.status(url, args.schema, args.quiet, as_json=args.json, max_lag=args.max_lag)
     elif args.command == "tail":
         _run_tail(url, args)
     elif args.command == "subscriptions":

@@ -72,6 +72,27 @@ def _default(value: Any) -> Any:
 _ENCODE = json.JSONEncoder(default=_default, separators=(",", ":")).encode
 # jsonb cannot hold NaN or Infinity: refuse them before any SQL runs.
 _ENCODE_STRICT = json.JSONEncoder(default=_default, separators=(",", ":"), allow_nan=False).encode
+_RAW_DECODE = json.JSONDecoder().raw_decode
+
+
+def _loads(data: Any) -> Any:
+    """``json.loads`` of stored bytes, with a fast path for what writers store.
+
+    ``json.loads(bytes)`` first sniffs the encoding and then strips whitespace
+    with two regular-expression matches: a fifth of a page's decoding time.
+    Stored JSON is UTF-8 without surrounding whitespace (this package's and the
+    reference's serializers write it so), which ``raw_decode`` reads directly;
+    anything else -- whitespace, another UTF encoding, invalid JSON -- goes
+    through ``json.loads`` as before, with its own errors.
+    """
+    try:
+        text = str(data, "utf-8")
+        value, end = _RAW_DECODE(text)
+        if end == len(text):
+            return value
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError included
+        pass
+    return json.loads(bytes(data))
 
 
 def _resolve_type(name: str | None) -> type | None:
@@ -125,7 +146,7 @@ class JsonSerializer:
         return _ENCODE(term).encode()
 
     def deserialize(self, data: Any, type: str | None = None) -> Any:
-        return _to_instance(json.loads(bytes(data)), type)
+        return _to_instance(_loads(data), type)
 
 
 class JsonbSerializer:
@@ -141,7 +162,7 @@ class JsonbSerializer:
         # The drivers decode jsonb already: a str is a JSON string value, not
         # JSON text (decoding it again would break "abc" and turn "123" into 123).
         if isinstance(data, (bytes, bytearray, memoryview)):
-            data = json.loads(bytes(data))
+            data = _loads(data)
         return _to_instance(data, type)
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.engine import URL, make_url
 
 from . import _validation as check
 from ._calls import StorageCalls
+from ._counters import StoreCounters
 from ._options import StoreOptions, connect_args
 from ._types import (
     ALL_STREAM,
@@ -29,6 +30,7 @@ from .errors import (
     StreamNotFoundError,
 )
 from .serializers import Serializer
+from .stats import StoreStats
 from .storage.connection import Connector, ConnLike
 from .storage.schema import create_schema
 from .storage.sequencer import Sequencer
@@ -36,6 +38,7 @@ from .storage.sql import Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
 from .subscriptions.io import EngineIO
+from .subscriptions.locking import session_needed
 from .subscriptions.options import FROM_CURRENT, persistent_options
 from .subscriptions.reading import Backend
 from .subscriptions.runner import Runner
@@ -85,6 +88,15 @@ class EventStore(StorageCalls):
     an engine the store makes for a psycopg 3 URL turns off psycopg's
     server-side prepared statements. An Engine passed in through such a pooler
     needs ``connect_args={"prepare_threshold": None}`` on psycopg 3.
+    ``transaction_pooling=True`` says the same of ``url`` when there is no
+    such URL: the store then does without server-side state there,
+    subscriptions poll for new events every ``poll_interval`` seconds instead
+    of LISTENing, and persistent subscriptions -- which need a session to hold
+    their advisory lock -- raise RuntimeError. Wherever LISTEN turns out not to
+    work (the server refuses it, or it does not hold), subscriptions switch to
+    polling by themselves, logging why once; ``listen=False`` makes them poll
+    from the start (advisory locks still go to the session URL). See
+    docs/polling.md.
 
     ``foreign_keys=False`` makes :meth:`init` create ``stream_events`` without
     its three foreign keys: appends get much faster, and the append and link
@@ -113,6 +125,13 @@ class EventStore(StorageCalls):
         name: A name for logs and ``pg_stat_activity``'s ``application_name``.
         timeout: Seconds each storage call may wait on the database (None: no
             limit); each call can pass its own ``timeout=``.
+        poll_interval: Seconds between polls for new events, in polling mode
+            only (where LISTEN cannot work).
+        transaction_pooling: ``url`` goes through a transaction-mode pooler and
+            no ``session_mode_url`` is given: poll, and refuse persistent
+            subscriptions.
+        listen: False to poll for new events instead of LISTENing (where
+            LISTEN is known not to work, to skip finding it out).
         foreign_keys: Whether :meth:`init` creates ``stream_events``' foreign
             keys.
         global_order: ``"lock"`` or ``"sequencer"``: how appends get their
@@ -121,10 +140,11 @@ class EventStore(StorageCalls):
     Raises:
         TypeError: An argument of the wrong type (``url_or_engine``,
             ``serializer``, ``subscription_retry_interval``, ``name``,
-            ``timeout``).
+            ``timeout``, ``poll_interval``, ``transaction_pooling``,
+            ``listen``).
         ValueError: A bad ``column_data_type`` or ``global_order``, a schema
             name the store cannot use, a serializer writing another column
-            type, a non-positive retry interval or timeout.
+            type, a non-positive retry interval, timeout or poll interval.
     """
 
     def __init__(
@@ -141,6 +161,9 @@ class EventStore(StorageCalls):
         timeout: float | None = 15.0,
         foreign_keys: bool = True,
         global_order: str = "lock",
+        poll_interval: float = 1.0,
+        transaction_pooling: bool = False,
+        listen: bool = True,
     ) -> None:
         options = StoreOptions(
             schema=schema,
@@ -150,7 +173,12 @@ class EventStore(StorageCalls):
             name=name,
             timeout=timeout,
             foreign_keys=foreign_keys,
+            poll_interval=poll_interval,
+            transaction_pooling=transaction_pooling,
+            listen=listen,
         )
+        # Through a transaction-mode pooler: no server-side session state on url.
+        pooled = session_mode_url is not None or options.transaction_pooling
         self.timeout = options.timeout
         if global_order not in GLOBAL_ORDERS:
             raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
@@ -159,7 +187,7 @@ class EventStore(StorageCalls):
             self._owns_engine = False
         elif isinstance(url_or_engine, (str, URL)):
             url = _engine_url(url_or_engine)
-            args = connect_args(url, name, pooler=session_mode_url is not None)
+            args = connect_args(url, name, pooler=pooled)
             # Waiting for a free pooled connection counts as waiting on the
             # database: as long as the store's timeout (None: no limit).
             self._engine = create_engine(url, connect_args=args, pool_timeout=self.timeout)
@@ -175,6 +203,9 @@ class EventStore(StorageCalls):
         self.enable_hard_deletes = enable_hard_deletes
         self.session_mode_url = None if session_mode_url is None else _engine_url(session_mode_url)
         self.subscription_retry_interval = options.subscription_retry_interval
+        self.poll_interval = options.poll_interval
+        self.transaction_pooling = options.transaction_pooling
+        self.listen = options.listen
         self.name = name
         self.foreign_keys = foreign_keys
         # Prepared statements cannot cross a transaction-mode pooler.
@@ -182,22 +213,21 @@ class EventStore(StorageCalls):
         self._sql = Statements(
             self.schema,
             self.column_data_type,
-            prepare=session_mode_url is None,
+            prepare=not pooled,
             global_order=global_order,
         )
         # global_order="sequencer": numbers committed appends into $all.
         self._sequencer = (
-            Sequencer(self._engine, self.schema) if global_order == "sequencer" else None
+            Sequencer(self._engine, self._sql) if global_order == "sequencer" else None
         )
         # How a call's timeout reaches PostgreSQL (see storage.connection):
         # kept on the store's own connections, set per transaction through a
         # transaction-mode pooler, set and put back on a caller's Engine.
         self._connector = Connector(
             self._engine,
-            "local"
-            if self.session_mode_url is not None
-            else ("session" if self._owns_engine else "restore"),
+            "local" if pooled else ("session" if self._owns_engine else "restore"),
         )
+        self._counters = StoreCounters()
         self._closed = False
         self._runner: Runner | None = None
         self._runner_lock = threading.Lock()
@@ -255,6 +285,37 @@ class EventStore(StorageCalls):
         if self._owns_engine:
             self._engine.dispose()
 
+    def stats(self) -> StoreStats:
+        """This process's figures of the store now: appends, events appended,
+        notifications, listener reconnects, notification lag, and each
+        persistent subscription's lag, checkpoint age, events in flight,
+        parked events, retries and status.
+
+        A snapshot (a frozen :class:`StoreStats`); cheap enough to call from a
+        health check or a metrics exporter (no database round trip).
+
+        Returns:
+            The :class:`StoreStats`.
+        """
+        with self._runner_lock:
+            runner = self._runner
+        counters = self._counters
+        if runner is None:
+            notifications, reconnects, lag, mode = 0, 0, None, None
+            subscriptions: tuple[Any, ...] = ()
+        else:
+            notifications, reconnects, lag, mode = runner.store_stats()
+            subscriptions = runner.subscription_stats()
+        return StoreStats(
+            appends=counters.appends,
+            events_appended=counters.events_appended,
+            notifications=notifications,
+            listener_reconnects=reconnects,
+            notification_lag=lag,
+            notification_mode=mode,
+            subscriptions=subscriptions,
+        )
+
     def __enter__(self) -> EventStore:
         return self
 
@@ -292,10 +353,11 @@ class EventStore(StorageCalls):
                 pooled.detach()  # from now on closing it closes the connection itself
                 return pooled.dbapi_connection
 
+        session_url = self.session_mode_url or self._engine.url
         io = EngineIO(
             self._engine,
             prepare=self._sql.prepare,
-            session_url=self.session_mode_url or self._engine.url,
+            session_url=session_url,
             session_creator=creator,
         )
         return Backend(
@@ -305,7 +367,25 @@ class EventStore(StorageCalls):
             serializer=self.serializer,
             retry_interval=self.subscription_retry_interval,
             sequence_soon=self._sequence_soon if self._sequencer is not None else None,
+            poll_interval=self.poll_interval,
+            polling_reason=self._polling_reason(),
+            session_label=session_url.render_as_string(hide_password=True),
         )
+
+    def _polling_reason(self) -> str | None:
+        """Why subscriptions poll from the start (None: they LISTEN)."""
+        if self._pooled_without_session:
+            return (
+                "the store's url goes through a transaction-mode pooler "
+                "(transaction_pooling=True) and no session_mode_url was given"
+            )
+        if not self.listen:
+            return "the store was made with listen=False"
+        return None
+
+    @property
+    def _pooled_without_session(self) -> bool:
+        return self.transaction_pooling and self.session_mode_url is None
 
     def subscribe(
         self,
@@ -392,11 +472,14 @@ class EventStore(StorageCalls):
             The :class:`Subscription`.
 
         Raises:
+            RuntimeError: The store is closed, or its session URL goes
+                through a transaction-mode pooler (``transaction_pooling=True``
+                without ``session_mode_url``, or LISTEN found not to hold
+                there): the subscription's advisory lock could not hold.
             SubscriptionAlreadyExistsError: The subscription already has its
                 one subscriber in this process.
             TooManySubscribersError: It has ``concurrency_limit`` subscribers.
             AlreadySubscribedError: This handler is already subscribed.
-            RuntimeError: The store is closed.
             TypeError: An option of the wrong type.
             ValueError: An option out of range.
         """
@@ -416,6 +499,8 @@ class EventStore(StorageCalls):
             transient=transient,
             max_retries=max_retries,
         )
+        if self._pooled_without_session:
+            raise session_needed(self._engine.url.render_as_string(hide_password=True))
         if options.start_from == FROM_CURRENT:
             try:
                 current = self.stream_info(stream_uuid).stream_version

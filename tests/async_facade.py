@@ -61,6 +61,10 @@ class SyncSubscription:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.async_subscription, name)
 
+    @property
+    def stats(self) -> Any:
+        return self._loop.run(self.async_subscription.stats())
+
     def wait_subscribed(self, timeout: float | None = None) -> bool:
         return self._loop.run(self.async_subscription.wait_subscribed(timeout))
 

@@ -215,9 +215,7 @@ def test_urls_of_sync_drivers_are_refused():
         AsyncEventStore(object())  # type: ignore[arg-type]
 
 
-def test_global_order_sequencer_is_refused_for_now():
-    with pytest.raises(ValueError, match="global_order"):
-        AsyncEventStore("postgresql+asyncpg://u@localhost/db", global_order="sequencer")
+def test_global_order_is_validated():
     with pytest.raises(ValueError, match="global_order"):
         AsyncEventStore("postgresql+asyncpg://u@localhost/db", global_order="other")
 

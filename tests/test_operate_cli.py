@@ -57,13 +57,50 @@ def test_status_answers_how_far_behind_and_what_is_stuck(busy_store, database_ur
     document = json.loads(assert_ok(run("status", "--json", *args_for(busy_store, database_url))))
     assert (document["head"], document["streams"], document["schema"]) == (5, 2, busy_store.schema)
     on_psycopg3 = database_url.set(drivername="postgresql+psycopg")
-    assert json.loads(assert_ok(run("status", "--json", *args_for(busy_store, on_psycopg3)))) == (
-        document
-    )
+    again = json.loads(assert_ok(run("status", "--json", *args_for(busy_store, on_psycopg3))))
+    for subscription in document["subscriptions"] + again["subscriptions"]:
+        assert subscription.pop("pending_age") >= 0  # time passes between the two
+    assert again == document
     by_name = {s["subscription_name"]: s for s in document["subscriptions"]}
     assert by_name["projector"]["lag"] == 3
     assert by_name["projector"]["parked"] == 1
     assert by_name["audit"] == by_name["audit"] | {"stream_uuid": "acct-1", "lag": 2, "head": 2}
+
+
+def test_status_max_lag_is_a_health_check(busy_store, database_url) -> None:
+    args = args_for(busy_store, database_url)
+    # projector is 3 behind, audit 2.
+    out = assert_ok(run("status", "--max-lag", "3", *args))
+    assert "projector" in out
+    behind = run("status", "--max-lag", "2", *args)
+    line = assert_failed(behind, "1 subscription more than 2 events behind", '"projector" on $all')
+    assert behind.returncode == 1 and "audit" not in line
+    assert "$all head: 5" in behind.stdout  # the status is printed all the same
+    both = run("status", "--json", "--max-lag", "0", *args)
+    assert_failed(both, "2 subscriptions", '"audit" on acct-1 (2 behind)', "(3 behind)")
+    assert json.loads(both.stdout)["head"] == 5
+    # The oldest waiting event's age, by the server's clock.
+    by_name = {s["subscription_name"]: s for s in json.loads(both.stdout)["subscriptions"]}
+    assert by_name["projector"]["pending_age"] >= 0
+    assert_failed(run("status", "--max-lag", "-1", *args), "--max-lag must be")
+    usage = run("status", "--max-lag", "many", *args)
+    assert usage.returncode == 2 and "Traceback" not in usage.stderr
+    with pytest.raises(CommandError, match="more than 1 event behind"):
+        commands.status(database_url, busy_store.schema, quiet=True, max_lag=1)
+    assert commands.status(database_url, busy_store.schema, quiet=True, max_lag=3).head == 5
+
+
+def test_status_of_caught_up_subscriptions_passes_max_lag_zero(make_store, database_url) -> None:
+    store = make_store()
+    store.append_to_stream("s", 0, [EventData("E", {"n": n}) for n in range(3)])
+    sub = store.subscribe_to_all_streams("projector", buffer_size=10)
+    sub.ack(sub.receive(timeout=10))
+    sub.unsubscribe()
+    document = json.loads(
+        assert_ok(run("status", "--json", "--max-lag", "0", *args_for(store, database_url)))
+    )
+    (projector,) = document["subscriptions"]
+    assert (projector["lag"], projector["pending_age"]) == (0, None)
 
 
 def test_status_shows_a_running_subscriber(busy_store, database_url) -> None:
@@ -110,6 +147,8 @@ def test_subscriptions_list_reset_delete(busy_store, database_url) -> None:
         "lag",
         "parked",
         "state",
+        "behind",
+        "for",
     ]
     lines = [
         json.loads(line)

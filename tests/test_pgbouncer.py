@@ -4,7 +4,9 @@ The reference's "Using with PgBouncer": ``url`` goes through PgBouncer in
 transaction mode (which cannot hold a LISTEN or a session advisory lock), and
 ``session_mode_url`` goes straight to the server; the store opens its LISTEN
 connection and its advisory-lock session there and runs everything else
-through PgBouncer.
+through PgBouncer. Without a direct URL (``transaction_pooling=True``, or a
+``session_mode_url`` that is the pooler too), subscriptions poll and
+persistent ones are refused.
 
 A ``pgbouncer`` process is started per module on a free 127.0.0.1 port, in
 front of the test database (by TCP or by the server's unix socket directory,
@@ -15,6 +17,7 @@ reason they may skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -40,6 +43,7 @@ from sqlalchemy_eventstore import (
     EventStore,
     SnapshotData,
 )
+from sqlalchemy_eventstore.asyncio import AsyncEventStore
 from sqlalchemy_eventstore.errors import (
     SnapshotNotFoundError,
     StreamDeletedError,
@@ -48,7 +52,8 @@ from sqlalchemy_eventstore.errors import (
     WrongExpectedVersionError,
 )
 
-from .conftest import DRIVERS
+from .async_facade import SyncFacade
+from .conftest import ASYNC_DRIVERS, DRIVERS
 from .subscription_helpers import WAIT, collect, eventually, flatten, new_id
 
 Gate = Callable[[int, Callable[[int], Any]], list[Any]]
@@ -108,7 +113,7 @@ class Bouncer:
     def url(self, driver: str = "psycopg2") -> URL:
         """The test database through pgbouncer."""
         return self.base_url.set(
-            drivername=DRIVERS[driver], host="127.0.0.1", port=self.port
+            drivername={**DRIVERS, **ASYNC_DRIVERS}[driver], host="127.0.0.1", port=self.port
         ).difference_update_query(["host", "port"])
 
     def admin(self, command: str) -> list[dict[str, Any]]:
@@ -501,3 +506,104 @@ def test_concurrent_appends_through_transaction_pooling(
     assert sorted({e.data["w"] for e in events}) == list(range(WRITERS))
     # pgbouncer never opened more server connections than its pool allows.
     assert len(bouncer.server_pids()) <= SERVER_POOL_SIZE
+
+
+# -- (c) no session_mode_url: subscriptions poll, persistent ones are refused -----------------
+
+
+@pytest.fixture
+def pooled_store(
+    bouncer: Bouncer, admin_engine: Engine, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., EventStore]]:
+    """Initialised stores whose only URL is pgbouncer's (options as given);
+    ``driver="async-..."``: an AsyncEventStore behind tests.async_facade."""
+    made: list[Any] = []
+
+    def factory(*, driver: str = "psycopg2", **options: Any) -> EventStore:
+        store: Any
+        names = {"schema": f"es_pgb_{uuid.uuid4().hex[:10]}", "name": f"pgb-{uuid.uuid4().hex[:8]}"}
+        if driver.startswith("async-"):
+            loop = request.getfixturevalue("loop_thread")
+            store = SyncFacade(AsyncEventStore(bouncer.url(driver), **names, **options), loop)
+        else:
+            store = EventStore(bouncer.url(driver), **names, **options)
+        made.append(store)
+        store.init()
+        return store
+
+    yield factory
+    for store in made:
+        store.close()
+    with admin_engine.connect() as conn:
+        for store in made:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE'))
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "async-psycopg", "async-asyncpg"])
+def test_transaction_pooling_without_a_session_url_polls(
+    bouncer: Bouncer,
+    pooled_store: Callable[..., EventStore],
+    admin_engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+    driver: str,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_eventstore")
+    store = pooled_store(driver=driver, transaction_pooling=True, poll_interval=0.1)
+    stream = f"pgb-{new_id()}"
+    store.append_to_stream(stream, NO_STREAM, ticks(2, "before"))
+
+    everything = store.subscribe(ALL_STREAM)
+    one_stream = store.subscribe(stream)
+    assert store.stats().notification_mode == "poll"
+    assert eventually(lambda: everything.stats.head == 2 and one_stream.stats.head == 2)
+    # Well past psycopg 3's prepare threshold, and more than the pool's servers.
+    for round_ in range(3 * SERVER_POOL_SIZE):
+        store.append_to_stream(stream, ANY_VERSION, ticks(1, f"r{round_}"))
+    other = f"pgb-{new_id()}"
+    store.append_to_stream(other, NO_STREAM, ticks(1, "other"))
+    store.link_to_stream(stream, ANY_VERSION, store.read_stream_forward(other))
+    count = 3 * SERVER_POOL_SIZE
+    assert [e.event_number for e in flatten(collect(everything, count + 1))] == list(
+        range(3, count + 4)
+    )
+    assert [e.event_number for e in flatten(collect(one_stream, count + 1))] == list(
+        range(3, count + 4)
+    )
+    assert store.stats().notifications >= 1
+
+    # A persistent subscription cannot hold its advisory lock here: refused, saying how.
+    with pytest.raises(RuntimeError, match="session_mode_url"):
+        store.subscribe_to_all_streams("projector")
+    with pytest.raises(RuntimeError, match="transaction-mode pooler"):
+        store.subscribe_to_stream(stream, "projector", transient=True)
+
+    # Why, once; and nothing of the store reaches the server but through pgbouncer.
+    why = [r.getMessage() for r in caplog.records if "poll for new events" in r.getMessage()]
+    assert len(why) == 1 and "transaction_pooling=True" in why[0], why
+    names = {row["application_name"] for row in backends(admin_engine)}
+    assert f"eventstore-listener-{store.schema}" not in names
+    assert f"eventstore-locks-{store.schema}" not in names
+    assert store.name in {row["application_name"] for row in bouncer.clients()}
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "async-psycopg", "async-asyncpg"])
+def test_a_session_url_through_the_pooler_is_found_out(
+    bouncer: Bouncer,
+    pooled_store: Callable[..., EventStore],
+    caplog: pytest.LogCaptureFixture,
+    driver: str,
+) -> None:
+    """LISTEN through transaction pooling succeeds, but never hears a thing:
+    the listener's check finds it out, and the store polls."""
+    caplog.set_level(logging.WARNING, logger="sqlalchemy_eventstore")
+    store = pooled_store(driver=driver, session_mode_url=bouncer.url(driver), poll_interval=0.1)
+    sub = store.subscribe(ALL_STREAM)  # returns once the check is over
+    assert store.stats().notification_mode == "poll"
+    why = [r.getMessage() for r in caplog.records if "poll for new events" in r.getMessage()]
+    assert len(why) == 1 and "LISTEN does not hold" in why[0], why
+    with pytest.raises(RuntimeError, match="session_mode_url"):
+        store.subscribe_to_all_streams("projector")
+
+    assert eventually(lambda: sub.stats.head == 0)
+    store.append_to_stream(f"pgb-{new_id()}", NO_STREAM, ticks(3, "found"))
+    assert [e.event_number for e in flatten(collect(sub, 3))] == [1, 2, 3]

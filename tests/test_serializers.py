@@ -266,6 +266,30 @@ def test_json_serializer_unit():
     }
 
 
+@pytest.mark.parametrize(
+    "stored, expected",
+    [
+        (b'{"a":1}', {"a": 1}),
+        (b' {"a": 1}\n', {"a": 1}),  # whitespace around the document (hand-written rows)
+        ('{"é":"ü"}'.encode(), {"é": "ü"}),
+        ('{"a":1}'.encode("utf-16"), {"a": 1}),  # another UTF encoding, as json.loads reads it
+        (b'"abc"', "abc"),
+        (b"null", None),
+    ],
+)
+def test_json_serializer_reads_what_json_loads_reads(stored, expected):
+    serializer = JsonSerializer()
+
+    assert serializer.deserialize(stored, None) == expected
+    assert serializer.deserialize(memoryview(stored), None) == expected
+
+
+@pytest.mark.parametrize("stored", [b'{"a":1} trailing', b'{"a":', b"\xff\xfe\x00", b""])
+def test_json_serializer_refuses_what_json_loads_refuses(stored):
+    with pytest.raises(ValueError):
+        JsonSerializer().deserialize(stored, None)
+
+
 # -- MarshmallowSerializer ----------------------------------------------------------
 
 

@@ -92,6 +92,7 @@ def make_admin_app(
     )
     return AdminApp(
         reader,
+        live=store.stats,
         actions=actions,
         secret_key=key,
         page_size=page_size,

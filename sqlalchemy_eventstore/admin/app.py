@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from .._types import ALL_STREAM
+from ..stats import StoreStats
 from ..storage import overview
 from ..store import EventStore
 from . import views
@@ -72,6 +73,7 @@ class AdminApp:
         self,
         store: EventStore,
         *,
+        live: Callable[[], StoreStats] | None = None,
         actions: bool,
         secret_key: bytes,
         page_size: int,
@@ -79,6 +81,8 @@ class AdminApp:
         authorize: Callable[[dict[str, Any]], bool] | None,
     ) -> None:
         self.store = store
+        # The figures of the subscriptions the shown store runs in this process.
+        self.live = live if live is not None else store.stats
         self.actions = actions
         self._secret = secret_key
         self.page_size = page_size
@@ -103,7 +107,7 @@ class AdminApp:
                 )
             )
         csrf = self._sign(cookie_token) if self.actions and cookie_token else None
-        ctx = views.Context(self.store, base, self.page_size, csrf)
+        ctx = views.Context(self.store, base, self.page_size, csrf, self.live)
         try:
             if self.authorize is not None and not self.authorize(environ):
                 raise _Refused("403 Forbidden", "Not allowed.")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from math import ceil
 from typing import Any
 
+from .._format import duration
 from .._types import ALL_STREAM, RecordedEvent
 from ..errors import StreamDeletedError, StreamNotFoundError
+from ..stats import StoreStats, SubscriptionStats
 from ..storage import overview
 from ..storage.overview import SubscriptionInfo
 from ..store import EventStore
@@ -22,8 +25,17 @@ class NotFound(Exception):
 class Context:
     """What a view needs: the store to read with, links' base, the form for actions."""
 
-    def __init__(self, store: EventStore, base: str, page_size: int, csrf: str | None) -> None:
+    def __init__(
+        self,
+        store: EventStore,
+        base: str,
+        page_size: int,
+        csrf: str | None,
+        live: Callable[[], StoreStats] | None = None,
+    ) -> None:
         self.store = store
+        # The live figures of the subscriptions this process runs (stats()).
+        self.live = live if live is not None else store.stats
         self.base = base
         self.page_size = page_size
         self.csrf = csrf  # None: actions are off (no forms rendered)
@@ -57,8 +69,20 @@ def _pager(ctx: Context, path: str, number: int, pages: int, **query: Any) -> st
     return f'<nav class="pager">{"".join(parts)}</nav>'
 
 
+def _here(live: SubscriptionStats | None) -> str:
+    """What this process's own subscriber says (the admin's store runs it), or "-"."""
+    if live is None:
+        return '<span class="muted">-</span>'
+    return esc(
+        f"{live.status}, {live.in_flight} in flight, "
+        f"checkpoint moved {duration(live.checkpoint_age)} ago"
+    )
+
+
 def _subscription_rows(ctx: Context, infos: list[SubscriptionInfo]) -> list[list[str]]:
     rows = []
+    # Subscriptions the admin's own store runs: their live figures too.
+    live = {(s.stream_uuid, s.subscription_name): s for s in ctx.live().subscriptions}
     for info in infos:
         state = (
             f'<span class="state-running">running (pid {esc(info.holder_pid)})</span>'
@@ -95,7 +119,9 @@ def _subscription_rows(ctx: Context, infos: list[SubscriptionInfo]) -> list[list
                 esc(info.head),
                 lag,
                 parked_count,
+                esc(duration(info.pending_age)),
                 state,
+                _here(live.get((info.stream_uuid, info.subscription_name))),
                 esc(when(info.created_at)),
             ]
             + ([reset] if ctx.csrf is not None else [])
@@ -106,7 +132,18 @@ def _subscription_rows(ctx: Context, infos: list[SubscriptionInfo]) -> list[list
 def _subscriptions_table(ctx: Context, infos: list[SubscriptionInfo]) -> str:
     if not infos:
         return '<p class="muted">No persistent subscriptions.</p>'
-    headers = ["subscription", "stream", "checkpoint", "head", "lag", "parked", "state", "created"]
+    headers = [
+        "subscription",
+        "stream",
+        "checkpoint",
+        "head",
+        "lag",
+        "parked",
+        "behind for",
+        "state",
+        "in this process",
+        "created",
+    ]
     if ctx.csrf is not None:
         headers.append("")
     return table(headers, _subscription_rows(ctx, infos), numeric=(2, 3, 4, 5))
@@ -274,6 +311,7 @@ def parked(ctx: Context, name: str, stream_uuid: str) -> tuple[str, str]:
     facts = (
         f'<dl class="facts"><dt>checkpoint</dt><dd>{esc(info.last_seen)}</dd>'
         f"<dt>lag</dt><dd>{esc(info.lag)}</dd>"
+        f"<dt>behind for</dt><dd>{esc(duration(info.pending_age))}</dd>"
         f"<dt>state</dt><dd>{'running' if info.running else 'stopped'}</dd></dl>"
     )
     return f"Parked events of {name} ({stream_uuid})", facts + actions + listing

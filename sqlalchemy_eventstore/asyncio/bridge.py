@@ -155,6 +155,7 @@ class LoopIO:
         on_reconnect: Callable[[], None],
         on_parked: Callable[[int], None],
         name: str,
+        polling_reason: str | None,
     ) -> Any:
         from .listener import AsyncListener
 
@@ -165,6 +166,7 @@ class LoopIO:
             on_reconnect=on_reconnect,
             on_parked=on_parked,
             name=name,
+            polling_reason=polling_reason,
         )
 
     def locks(self, schema: str, application_name: str) -> AdvisoryLocks:

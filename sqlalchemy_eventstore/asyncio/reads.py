@@ -37,8 +37,7 @@ class AsyncEvents:
         while self._index >= len(self._batch):
             if self._next is None:
                 return False
-            call = self._store._read_call(self._plan, self._next, self._size)
-            batch = await self._store._call(self._conn, call)
+            batch = await self._store._read_page(self._conn, self._plan, self._next, self._size)
             self._next = next_start(batch, self._size, self._plan.forward) if batch else None
             self._batch, self._index = batch, 0
         return True

@@ -14,7 +14,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import _validation as check
-from .._operations import STORE_TIMEOUT, Call, Operations, Timeout
+from .._counters import StoreCounters
+from .._operations import STORE_TIMEOUT, Call, Operations, ReadPlan, Timeout
 from .._options import StoreOptions, connect_args
 from .._types import (
     ALL_STREAM,
@@ -30,6 +31,7 @@ from ..storage.schema import create_schema
 from ..storage.sql import Statements
 from .connection import AsyncConnector, AsyncConnLike, AsyncRunner
 from .reads import AsyncEvents
+from .sequencer import AsyncSequencer
 from .subscribing import AsyncSubscriptions
 
 __all__ = ["AsyncEventStore", "AsyncEvents"]
@@ -57,9 +59,11 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
     ``url_or_engine`` is a ``postgresql+psycopg://`` or ``postgresql+asyncpg://``
     URL (plain ``postgresql://`` means psycopg 3), or an ``AsyncEngine`` whose
     pool the store shares and does not dispose of. The options are
-    EventStore's, with the same meaning; ``global_order`` is ``"lock"`` only
-    for now (``"sequencer"`` raises ValueError). ``conn=`` takes an ``AsyncSession``
-    or ``AsyncConnection`` in the caller's transaction, joined, never committed.
+    EventStore's, with the same meaning (``global_order="sequencer"``: appends
+    are numbered into ``$all`` after their commit, see :mod:`.sequencer`;
+    ``listen``, ``transaction_pooling`` and ``poll_interval``: polling mode).
+    ``conn=`` takes an ``AsyncSession`` or ``AsyncConnection`` in the caller's
+    transaction, joined, never committed.
     """
 
     def __init__(
@@ -76,13 +80,11 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
         timeout: float | None = 15.0,
         foreign_keys: bool = True,
         global_order: str = "lock",
+        poll_interval: float = 1.0,
+        transaction_pooling: bool = False,
+        listen: bool = True,
     ) -> None:
-        if global_order == "sequencer":
-            raise ValueError(
-                "global_order='sequencer' is not supported by AsyncEventStore yet: "
-                "use global_order='lock', or a sync EventStore for that schema"
-            )
-        if global_order != "lock":
+        if global_order not in ("lock", "sequencer"):
             raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
         options = StoreOptions(
             schema=schema,
@@ -92,13 +94,18 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
             name=name,
             timeout=timeout,
             foreign_keys=foreign_keys,
+            poll_interval=poll_interval,
+            transaction_pooling=transaction_pooling,
+            listen=listen,
         )
+        # Through a transaction-mode pooler: no server-side session state on url.
+        pooled = session_mode_url is not None or options.transaction_pooling
         self.timeout = options.timeout
         if isinstance(url_or_engine, AsyncEngine):
             engine, owns = url_or_engine, False
         elif isinstance(url_or_engine, (str, URL)):
             url = _async_url(url_or_engine)
-            args = connect_args(url, name, pooler=session_mode_url is not None)
+            args = connect_args(url, name, pooler=pooled)
             engine = create_async_engine(url, connect_args=args, pool_timeout=self.timeout)
             owns = True
         else:
@@ -119,17 +126,27 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
         self.enable_hard_deletes = enable_hard_deletes
         self.session_mode_url = None if session_mode_url is None else make_url(session_mode_url)
         self.subscription_retry_interval = options.subscription_retry_interval
+        self.poll_interval = options.poll_interval
+        self.transaction_pooling = options.transaction_pooling
+        self.listen = options.listen
         self.name = name
         self.foreign_keys = foreign_keys
         self.global_order = global_order
         # No psycopg2 here: the drivers prepare statements by themselves.
-        self._sql = Statements(self.schema, self.column_data_type, prepare=False)
+        self._sql = Statements(
+            self.schema, self.column_data_type, prepare=False, global_order=global_order
+        )
         self._runner = runner
+        # global_order="sequencer": numbers committed appends into $all.
+        self._sequencer = (
+            AsyncSequencer(engine, self._sql, runner) if global_order == "sequencer" else None
+        )
         self._connector = AsyncConnector(
             engine,
-            "local" if session_mode_url is not None else ("session" if owns else "restore"),
+            "local" if pooled else ("session" if owns else "restore"),
             runner,
         )
+        self._counters = StoreCounters()
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -162,6 +179,8 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
         try:
             await self._close_subscriptions()
         finally:
+            if self._sequencer is not None:
+                await self._sequencer.close()
             if self._owns_engine:
                 await self._engine.dispose()
 
@@ -184,6 +203,18 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
         async with self._connector.connect(conn, transaction=call.tx, timeout=call.seconds) as c:
             return await self._runner.run(c, call.op)
 
+    # -- global order (sequencer mode) ----------------------------------------
+
+    async def advance_all_stream(self) -> int:
+        """Number committed appends still waiting into ``$all`` (as EventStore's).
+
+        Returns the new head of ``$all``, or a negative number when nothing
+        waited (always in lock mode). Reads of ``$all`` call it first.
+        """
+        if self._sequencer is None:
+            return -1
+        return await self._sequencer.advance()
+
     # -- writing -------------------------------------------------------------
 
     async def append_to_stream(
@@ -197,6 +228,13 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
     ) -> None:
         """Append events to a stream, all or none (as EventStore.append_to_stream)."""
         await self._call(conn, self._append_call(stream_uuid, expected_version, events, timeout))
+        # Plain increments, no lock: see _counters.
+        counters = self._counters
+        counters.appends += 1
+        counters.events_appended += len(events)
+        if self._sequencer is not None:
+            # global_order="sequencer": number it into $all once committed.
+            await self._sequencer.appended(conn)
 
     async def link_to_stream(
         self,
@@ -235,9 +273,15 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
         timeout: Timeout,
     ) -> list[RecordedEvent]:
         plan = self._read_plan(stream_uuid, start_version, forward=forward, timeout=timeout)
-        return await self._call(
-            conn, self._read_call(plan, start_version, check.check_count(count))
-        )
+        return await self._read_page(conn, plan, start_version, check.check_count(count))
+
+    async def _read_page(
+        self, conn: AsyncConnLike | None, plan: ReadPlan, start: int, count: int
+    ) -> list[RecordedEvent]:
+        """One page of a read; of ``$all``, after numbering what waits (sequencer mode)."""
+        if plan.stream_uuid == ALL_STREAM:
+            await self.advance_all_stream()
+        return await self._call(conn, self._read_call(plan, start, count))
 
     def _lazy(
         self,
@@ -352,7 +396,10 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
         timeout: Timeout = STORE_TIMEOUT,
     ) -> StreamInfo:
         """A stream's id, version, timestamps and status (as EventStore.stream_info)."""
-        return await self._call(conn, self._stream_info_call(stream_uuid, timeout))
+        call = self._stream_info_call(stream_uuid, timeout)
+        if stream_uuid == ALL_STREAM:
+            await self.advance_all_stream()
+        return await self._call(conn, call)
 
     async def paginate_streams(
         self,

@@ -28,19 +28,23 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from .. import _validation as check
+from .._counters import StoreCounters
 from .._operations import Call
 from .._options import connect_args
 from .._types import ALL_STREAM, ORIGIN, RecordedEvent, StreamInfo
 from ..errors import StreamDeletedError, StreamNotFoundError
 from ..serializers import Serializer
+from ..stats import StoreStats
 from ..storage.sql import Statements
 from ..storage.subscriptions import delete_subscription_op
 from ..subscriptions.handle import Subscription
+from ..subscriptions.locking import session_needed
 from ..subscriptions.options import FROM_CURRENT, persistent_options
 from ..subscriptions.reading import Backend
 from ..subscriptions.runner import Runner
 from .bridge import LoopIO
 from .connection import AsyncConnLike, AsyncRunner
+from .sequencer import AsyncSequencer
 from .subscription import AsyncSubscription, LoopHandle
 
 __all__ = ["AsyncSubscriptions"]
@@ -68,12 +72,19 @@ class AsyncSubscriptions:
     subscription_retry_interval: float
     name: str | None
     timeout: float | None
+    poll_interval: float
+    transaction_pooling: bool
+    listen: bool
+    _sequencer: AsyncSequencer | None
+    _counters: StoreCounters
 
     # Made on the first subscription.
     _subscriptions: Runner | None = None
     _subscriptions_loop: asyncio.AbstractEventLoop | None = None
     _offload_pool: ThreadPoolExecutor | None = None
     _session_engine: AsyncEngine | None = None
+    # The runner's latest request to number waiting appends (sequencer mode).
+    _sequencing: asyncio.Task[None] | None = None
 
     if TYPE_CHECKING:  # AsyncEventStore's
 
@@ -90,12 +101,17 @@ class AsyncSubscriptions:
         if self._subscriptions is None:
             session = self._make_session_engine()
             io = LoopIO(loop, self._engine, self._runner, session)
+            session_url = self.session_mode_url or self._engine.url
             backend = Backend(
                 io=io,
                 schema=self.schema,
                 statements=self._sql,
                 serializer=self.serializer,
                 retry_interval=self.subscription_retry_interval,
+                sequence_soon=self._sequence_soon if self._sequencer is not None else None,
+                poll_interval=self.poll_interval,
+                polling_reason=self._polling_reason(),
+                session_label=session_url.render_as_string(hide_password=True),
             )
             self._session_engine = session
             self._subscriptions_loop = loop
@@ -109,6 +125,64 @@ class AsyncSubscriptions:
                 "subscription; subscribe from that loop"
             )
         return self._subscriptions
+
+    def _polling_reason(self) -> str | None:
+        """Why subscriptions poll from the start (None: they LISTEN), as EventStore."""
+        if self._pooled_without_session:
+            return (
+                "the store's url goes through a transaction-mode pooler "
+                "(transaction_pooling=True) and no session_mode_url was given"
+            )
+        if not self.listen:
+            return "the store was made with listen=False"
+        return None
+
+    @property
+    def _pooled_without_session(self) -> bool:
+        return self.transaction_pooling and self.session_mode_url is None
+
+    def _sequence_soon(self) -> None:
+        """Number waiting appends into ``$all`` (sequencer mode), from the
+        runner's thread: a task on the store's loop, one at a time, so the
+        runner never waits for it (see Runner._sequence_for_all_subscribers)."""
+        loop = self._subscriptions_loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(self._start_sequencing)
+
+    def _start_sequencing(self) -> None:
+        sequencer = self._sequencer
+        running = self._sequencing
+        if sequencer is None or self._closed or (running is not None and not running.done()):
+            return
+        self._sequencing = sequencer._spawn(sequencer.help_quietly())
+
+    async def stats(self) -> StoreStats:
+        """This process's figures of the store now (as EventStore.stats): appends,
+        events appended, notifications, listener reconnects, notification lag,
+        notification mode and each persistent subscription's figures.
+
+        No database round trip; a coroutine only because the subscriptions'
+        figures are read on a store thread (the event loop never waits for
+        the scheduler's lock).
+        """
+        runner = self._subscriptions
+        counters = self._counters
+        notifications, reconnects, lag, mode = 0, 0, None, None
+        subscriptions: tuple[Any, ...] = ()
+        if runner is not None:
+            notifications, reconnects, lag, mode = runner.store_stats()
+            subscriptions = await self._offload(runner.subscription_stats)
+        return StoreStats(
+            appends=counters.appends,
+            events_appended=counters.events_appended,
+            notifications=notifications,
+            listener_reconnects=reconnects,
+            notification_lag=lag,
+            notification_mode=mode,
+            subscriptions=subscriptions,
+        )
 
     def _make_session_engine(self) -> AsyncEngine:
         """A NullPool engine for LISTEN and the advisory locks (see ``bridge``)."""
@@ -248,6 +322,8 @@ class AsyncSubscriptions:
             transient=transient,
             max_retries=max_retries,
         )
+        if self._pooled_without_session:
+            raise session_needed(self._engine.url.render_as_string(hide_password=True))
         runner = self._subscription_runner()
         if options.start_from == FROM_CURRENT:
             try:

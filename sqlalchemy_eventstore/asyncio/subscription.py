@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
+from ..stats import SubscriptionStats
 from ..subscriptions.handle import Subscription, Unsubscribed
 from .bridge import wait_on
 
@@ -249,6 +250,15 @@ class AsyncSubscription:
             return await self.receive()
         except Unsubscribed:
             raise StopAsyncIteration from None
+
+    async def stats(self) -> SubscriptionStats:
+        """The subscription's figures in this process now (as the sync
+        ``Subscription.stats``): lag, checkpoint age, events in flight, parked
+        events, retries and status. A coroutine: read on a store thread, as
+        the scheduler's lock is never waited for on the event loop."""
+        handle = self._handle
+        stats: SubscriptionStats = await self._offload(lambda: handle.stats)
+        return stats
 
     async def ack(self, events: Any) -> None:
         """Acknowledge a batch, one event, or an event_number (as the sync

@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from sqlalchemy.engine import URL
 
 from .. import _validation
+from .._format import duration
 from .._raw import RawSerializer
 from .._types import ALL_STREAM, RecordedEvent
 from ..storage import overview
@@ -60,12 +61,13 @@ def _info_json(info: SubscriptionInfo) -> dict[str, Any]:
         "running": info.running,
         "holder_pid": info.holder_pid,
         "created_at": info.created_at.isoformat(),
+        "pending_age": info.pending_age,
     }
 
 
 def _table(infos: list[SubscriptionInfo]) -> list[str]:
     """The subscriptions as aligned text lines (a header first)."""
-    rows = [("subscription", "stream", "checkpoint", "lag", "parked", "state")]
+    rows = [("subscription", "stream", "checkpoint", "lag", "parked", "state", "behind for")]
     for info in infos:
         state = f"running (pid {info.holder_pid})" if info.running else "stopped"
         parked = "-" if info.parked is None else str(info.parked)
@@ -77,6 +79,7 @@ def _table(infos: list[SubscriptionInfo]) -> list[str]:
                 str(info.lag),
                 parked,
                 state,
+                duration(info.pending_age),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -92,20 +95,34 @@ def _table(infos: list[SubscriptionInfo]) -> list[str]:
 
 
 def status(
-    url: str | URL, schema: str = "public", quiet: bool = False, *, as_json: bool = False
+    url: str | URL,
+    schema: str = "public",
+    quiet: bool = False,
+    *,
+    as_json: bool = False,
+    max_lag: int | None = None,
 ) -> StoreOverview:
     """The head of ``$all``, the number of streams, each subscription with its
-    checkpoint, lag (events of its stream after the checkpoint), parked events
-    and whether a subscriber runs it; printed unless ``quiet`` (``as_json``:
-    one JSON document).
+    checkpoint, lag (events of its stream after the checkpoint), parked events,
+    whether a subscriber runs it and for how long it has had events waiting
+    (the age of the oldest event after its checkpoint); printed unless
+    ``quiet`` (``as_json``: one JSON document).
+
+    With ``max_lag``, a health check: once printed, any subscription more than
+    ``max_lag`` events behind fails the command, naming each.
 
     Returns:
         The :class:`~sqlalchemy_eventstore.storage.overview.StoreOverview`.
 
     Raises:
         CommandError: A bad URL, an unreachable server, a schema without an
-            event store.
+            event store, a negative ``max_lag``, or a subscription lagging more
+            than ``max_lag`` events.
     """
+    if max_lag is not None and (
+        isinstance(max_lag, bool) or not isinstance(max_lag, int) or max_lag < 0
+    ):
+        raise CommandError(f"--max-lag must be a whole number >= 0, got {max_lag!r}")
     given, url_ = _parse_url(url)
     _check_schema(schema)
     with (
@@ -122,15 +139,31 @@ def status(
             "subscriptions": [_info_json(info) for info in found.subscriptions],
         }
         _say(quiet, json.dumps(document))
-        return found
-    _say(quiet, f'EventStore: {_show(given)} schema "{schema}"')
-    _say(quiet, f"  $all head: {found.head}   streams: {found.streams}")
-    count = len(found.subscriptions)
-    _say(quiet, f"\n  {count} subscription{'' if count == 1 else 's'}")
-    if found.subscriptions:
-        for line in _table(found.subscriptions):
-            _say(quiet, line)
+    else:
+        _say(quiet, f'EventStore: {_show(given)} schema "{schema}"')
+        _say(quiet, f"  $all head: {found.head}   streams: {found.streams}")
+        count = len(found.subscriptions)
+        _say(quiet, f"\n  {count} subscription{'' if count == 1 else 's'}")
+        if found.subscriptions:
+            for line in _table(found.subscriptions):
+                _say(quiet, line)
+    if max_lag is not None:
+        _check_lag(found, max_lag)
     return found
+
+
+def _check_lag(found: StoreOverview, max_lag: int) -> None:
+    """Fail naming every subscription more than ``max_lag`` events behind."""
+    behind = [info for info in found.subscriptions if info.lag > max_lag]
+    if behind:
+        named = ", ".join(
+            f'"{i.subscription_name}" on {i.stream_uuid} ({i.lag} behind)' for i in behind
+        )
+        count = len(behind)
+        raise CommandError(
+            f"{count} subscription{'' if count == 1 else 's'} more than {max_lag} "
+            f"event{'' if max_lag == 1 else 's'} behind: {named}"
+        )
 
 
 def subscriptions_list(

@@ -39,8 +39,8 @@ class Connection(Protocol):
 
     def ping(self) -> None: ...
 
-    def drain(self) -> list[str]:
-        """The payloads received so far, read without blocking."""
+    def drain(self) -> list[tuple[str, str]]:
+        """The (channel, payload) pairs received so far, read without blocking."""
         ...
 
     def close(self) -> None: ...
@@ -70,9 +70,9 @@ class _Psycopg2Connection:
         with self._conn.cursor() as cursor:
             cursor.execute("SELECT 1")
 
-    def drain(self) -> list[str]:
+    def drain(self) -> list[tuple[str, str]]:
         self._conn.poll()  # reads what the socket holds; raises if the server is gone
-        payloads = [str(notify.payload) for notify in self._conn.notifies]
+        payloads = [(str(notify.channel), str(notify.payload)) for notify in self._conn.notifies]
         del self._conn.notifies[:]
         return payloads
 
@@ -102,9 +102,9 @@ class _PsycopgConnection:
     def ping(self) -> None:
         self._conn.execute("SELECT 1")
 
-    def drain(self) -> list[str]:
+    def drain(self) -> list[tuple[str, str]]:
         # timeout=0: yields what arrived (also during ping/LISTEN), never waits.
-        return [notify.payload for notify in self._conn.notifies(timeout=0)]
+        return [(notify.channel, notify.payload) for notify in self._conn.notifies(timeout=0)]
 
     def close(self) -> None:
         self._conn.close()

@@ -5,6 +5,15 @@ on ``"<schema>.events"``. The listener holds one connection of its own (see
 ``dbapi``), waits on its socket with ``select`` so that ``stop()`` is noticed
 within a fifth of a second, and turns every payload into a callback.
 
+Where LISTEN cannot work -- the server refuses it, or it does not hold
+because the connection goes through a transaction-mode pooler (PgBouncer),
+which hands the session holding it to other clients -- the listener switches
+to *polling mode* once, logs why, and ends its thread: ``mode`` says
+``"poll"`` and the subscriptions' scheduler polls the streams it follows
+instead (see ``subscriptions.polling``). Whether LISTEN holds is checked
+once, on the first connection, when a ``probe`` is given: a NOTIFY sent
+through another connection must come back within ``probe_timeout``.
+
 Notifications are at-most-once: whatever commits while no LISTEN is active
 is never notified. So after a lost connection the listener reconnects with
 exponential backoff, re-issues LISTEN and only *then* calls
@@ -40,6 +49,24 @@ _FIRST_BACKOFF = 0.05  # the first pause before reconnecting; doubled per failur
 _JITTER = 0.1  # +-10% on every pause, so many listeners do not reconnect in step
 _STOP_GRACE = 1.0  # stop() waits this long for a clean exit before cutting the socket
 _MIN_ANSWER_TIMEOUT = 2.0  # LISTEN and the idle check's SELECT 1 answer within this at least
+_PROBE_TIMEOUT = 10.0  # a probe NOTIFY must come back within this, or LISTEN does not hold
+# SQLSTATE classes of a server refusing LISTEN itself (feature not supported,
+# read-only transaction state, syntax or permission), as opposed to a
+# connection that failed: those switch to polling, these reconnect.
+_REFUSED_CLASSES = ("0A", "25", "42")
+
+
+class _ListenRefused(Exception):
+    """LISTEN cannot work on this connection: poll instead."""
+
+    def __init__(self, reason: str, *, pooled: bool) -> None:
+        super().__init__(reason)
+        self.pooled = pooled
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    code = getattr(error, "pgcode", None) or getattr(error, "sqlstate", None)
+    return code if isinstance(code, str) else None
 
 
 class Listener:
@@ -50,6 +77,11 @@ class Listener:
     first connection), once LISTEN is active again. Both run on the
     listener's thread, one at a time: keep them short. A callback that raises
     is logged and the listener carries on.
+
+    ``probe(channel)`` sends a NOTIFY on ``channel`` through another
+    connection (the store's pool): given, the first connection checks that
+    LISTEN holds. ``polling_reason`` starts the listener in polling mode at
+    once, without connecting (the store knows LISTEN cannot hold).
     """
 
     def __init__(
@@ -64,6 +96,9 @@ class Listener:
         max_backoff: float = 5.0,
         idle_check_interval: float = 5.0,
         creator: Callable[[], Any] | None = None,
+        probe: Callable[[str], None] | None = None,
+        probe_timeout: float = _PROBE_TIMEOUT,
+        polling_reason: str | None = None,
     ) -> None:
         if not isinstance(schema, str) or not schema:
             raise ValueError("schema must be a non-empty str")
@@ -79,6 +114,11 @@ class Listener:
         # Replay and discard requests of parked events: the payload is the
         # subscription's id (digits only, unlike an event notification).
         self._parked_channel = f"{schema}.parked"
+        # Where the first connection checks that LISTEN holds (``probe``).
+        self._probe_channel = f"{schema}.probe"
+        self._probe = probe
+        self._probe_timeout = float(probe_timeout)
+        self._probe_seen = False
         self._on_parked = on_parked
         self._on_notification = on_notification
         self._on_reconnect = on_reconnect
@@ -92,6 +132,17 @@ class Listener:
         self._listening = threading.Event()
         self._thread: threading.Thread | None = None
         self._fd: int | None = None  # the live connection's socket, for stop() to cut
+        # Counted for EventStore.stats(): plain increments on this thread only.
+        self.reconnects = 0
+        self.notifications = 0
+        # "listen" once LISTEN is known to hold, "poll" once it is known not to.
+        self._mode: str | None = None
+        self._polling_reason = polling_reason
+        # Set when LISTEN does not hold on this URL (a transaction-mode pooler):
+        # session state -- advisory locks included -- does not hold there either.
+        self.session_pooled = False
+        # Set once the first connection attempt ended, however it ended.
+        self._first_attempt = threading.Event()
 
     def __repr__(self) -> str:
         url = self._url.render_as_string(hide_password=True)
@@ -99,20 +150,49 @@ class Listener:
 
     @property
     def listening(self) -> bool:
-        """True while LISTEN is active on a live connection."""
+        """True while LISTEN is active on a live connection -- or, in polling
+        mode, for good: changes then come from polling, never from here."""
         return self._listening.is_set()
+
+    @property
+    def mode(self) -> str | None:
+        """``"listen"``, ``"poll"``, or None until the first connection decided."""
+        return self._mode
+
+    @property
+    def polling_reason(self) -> str | None:
+        """Why the listener polls (None when it does not)."""
+        return self._polling_reason if self._mode == "poll" else None
 
     def start(self) -> None:
         """Start the listener's daemon thread (named ``name``); once only."""
         with self._lock:
-            if self._thread is not None or self._stopping.is_set():
+            if self._thread is not None or self._mode is not None or self._stopping.is_set():
                 raise RuntimeError(f"{self!r} was already started; a Listener starts once")
+            if self._polling_reason is not None:
+                self._poll_instead(self._polling_reason, pooled=False)
+                return
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
 
     def wait_listening(self, timeout: float) -> bool:
-        """Wait until LISTEN is active on a live connection; False on timeout."""
+        """Wait until LISTEN is active on a live connection (or polling mode is
+        on); False on timeout."""
         return self._listening.wait(timeout)
+
+    def wait_first_attempt(self, timeout: float) -> bool:
+        """Wait until the first connection attempt ended (listening, polling or
+        failed); False on timeout."""
+        return self._first_attempt.wait(timeout)
+
+    def _poll_instead(self, reason: str, *, pooled: bool) -> None:
+        """Switch to polling mode for good (logged once, here)."""
+        self._polling_reason = reason
+        self.session_pooled = pooled
+        self._mode = "poll"
+        log.warning("%r: %s; subscriptions poll for new events instead", self, reason)
+        self._listening.set()
+        self._first_attempt.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close the connection and join the thread. Idempotent.
@@ -126,7 +206,7 @@ class Listener:
             self._stopping.set()
             thread = self._thread
         if thread is None or thread is threading.current_thread():
-            return  # never started, or stop() called from one of our callbacks
+            return  # never started (or polling from the start), or called from a callback
         thread.join(min(timeout, _STOP_GRACE))
         if thread.is_alive():
             self._cut_socket()
@@ -144,15 +224,24 @@ class Listener:
                 break
             try:
                 conn = self._connect()
+                if conn is not None and self._mode is None:
+                    self._verify(conn)
+            except _ListenRefused as refused:
+                self._poll_instead(str(refused), pooled=refused.pooled)
+                return
             except Exception as error:
                 failures += 1
                 log.warning("%r: cannot connect (attempt %d): %s", self, failures, error)
+                self._first_attempt.set()
                 continue
             if conn is None:
                 break  # stop() came while connecting
             opened = time.monotonic()
+            self._mode = "listen"
             self._listening.set()
+            self._first_attempt.set()
             if connected_before:
+                self.reconnects += 1
                 log.info("%r: reconnected and listening again", self)
                 self._call("on_reconnect", self._on_reconnect)
             connected_before = True
@@ -187,10 +276,60 @@ class Listener:
                 conn.listen(self._channel)
                 if self._on_parked is not None:
                     conn.listen(self._parked_channel)
+        except Exception as error:
+            self._release(conn)
+            code = _sqlstate(error)
+            if code is not None and code[:2] in _REFUSED_CLASSES:
+                raise _ListenRefused(
+                    f"the server refuses LISTEN ({code}: {str(error).strip()})", pooled=False
+                ) from error
+            raise
         except BaseException:
             self._release(conn)
             raise
         return conn
+
+    def _verify(self, conn: Connection) -> None:
+        """Check that LISTEN holds: a NOTIFY sent through another connection
+        must come back. Through a transaction-mode pooler it never does (the
+        pooler gave the session holding the LISTEN back to its pool).
+        Notifications arriving meanwhile are delivered as usual."""
+        if self._probe is None:
+            return
+        try:
+            with self._watchdog():
+                conn.listen(self._probe_channel)
+            self._probe_seen = False
+            self._probe(self._probe_channel)
+            deadline = time.monotonic() + self._probe_timeout
+            fd = conn.fileno()
+            while not self._probe_seen and not self._stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                readable, _, _ = select.select([fd], [], [], min(left, _POLL_INTERVAL))
+                if readable:
+                    for channel, payload in conn.drain():
+                        self._deliver(channel, payload)
+            if self._probe_seen or self._stopping.is_set():
+                return
+            with self._watchdog():
+                conn.ping()  # alive, so the NOTIFY was lost, not the connection
+            for channel, payload in conn.drain():
+                self._deliver(channel, payload)
+        except BaseException:
+            self._release(conn)
+            raise
+        if not self._probe_seen:
+            self._release(conn)
+            raise _ListenRefused(
+                f"LISTEN does not hold on {self._url.render_as_string(hide_password=True)} "
+                f"(no notification came back within {self._probe_timeout:g} s): a "
+                "transaction-mode pooler such as PgBouncer? Give the store a "
+                "session_mode_url that reaches the server directly or through a "
+                "session-mode pool",
+                pooled=True,
+            )
 
     def _release(self, conn: Connection) -> None:
         # Forget the socket under the lock before closing it, so that stop()
@@ -218,14 +357,18 @@ class Listener:
             else:
                 continue
             last_traffic = now
-            for payload in payloads:
+            for channel, payload in payloads:
                 if self._stopping.is_set():
                     return
-                self._deliver(payload)
+                self._deliver(channel, payload)
 
-    def _deliver(self, payload: str) -> None:
-        if self._on_parked is not None and payload.isascii() and payload.isdigit():
-            self._call("on_parked", self._on_parked, int(payload))
+    def _deliver(self, channel: str, payload: str) -> None:
+        if channel == self._probe_channel:
+            self._probe_seen = True  # any probe: LISTEN holds on this connection
+            return
+        if channel == self._parked_channel:
+            if self._on_parked is not None and payload.isascii() and payload.isdigit():
+                self._call("on_parked", self._on_parked, int(payload))
             return
         try:
             notification = parse_payload(payload)
@@ -234,6 +377,7 @@ class Listener:
                 "%r: ignoring a payload that is not an event notification: %r", self, payload
             )
             return
+        self.notifications += 1
         self._call("on_notification", self._on_notification, notification)
 
     def _call(self, what: str, callback: Callable[..., None], *args: Any) -> None:

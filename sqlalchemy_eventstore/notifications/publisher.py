@@ -86,6 +86,9 @@ class Publisher:
         self._retry: set[str] = set()
         self._next_retry = 0.0
         self._logged: str | None = None
+        # Seconds from the newest published event's created_at to its reading
+        # (EventStore.stats()'s notification_lag); None until one was published.
+        self.lag: float | None = None
 
     # -- transient subscribers ---------------------------------------------------
 
@@ -119,6 +122,17 @@ class Publisher:
 
     def transients(self) -> list[_Transient]:
         return list(self._transients)
+
+    def position(self, stream_uuid: str) -> int | None:
+        """How far the stream was published (None: not tracked)."""
+        return self._positions.get(stream_uuid)
+
+    def refresh(self, stream_uuid: str) -> None:
+        """Notifications of the stream may have been missed (polling mode saw it
+        for the first time): publish whatever storage has beyond its published
+        position, and let its persistent subscriptions re-check storage."""
+        self._publish_safely(stream_uuid, None, None)
+        self._targets.behind(stream_uuid)
 
     def transient_handles(self) -> list[Delivery]:
         return [t.handle for t in self._transients]
@@ -210,6 +224,8 @@ class Publisher:
 
     def _fan_out(self, stream_uuid: str, events: list[RecordedEvent | Unreadable]) -> None:
         readable = [e for e in events if isinstance(e, RecordedEvent)]
+        if readable:
+            self.lag = time.time() - readable[-1].created_at.timestamp()
         if len(readable) < len(events):
             logger.warning(
                 "%d event(s) of %r cannot be deserialized; transient subscribers skip them",

@@ -49,7 +49,11 @@ class SubscriptionInfo:
     checkpoint (``head - last_seen``, never negative). ``parked`` is None when
     the schema lacks the parked-events table. ``holder_pid`` is the server
     process id of the session holding the subscription's lock (a running
-    subscriber), or None when no subscriber runs anywhere.
+    subscriber), or None when no subscriber runs anywhere. ``pending_age`` is
+    how long the subscription has had work waiting: seconds since the oldest
+    event after its checkpoint was appended (by the server's clock), None
+    when it is caught up -- a stored view of how far behind it is in time,
+    whichever process runs it.
     """
 
     subscription_id: int
@@ -61,6 +65,7 @@ class SubscriptionInfo:
     parked: int | None
     holder_pid: int | None
     created_at: datetime
+    pending_age: float | None = None
 
     @property
     def running(self) -> bool:
@@ -94,7 +99,14 @@ SELECT s.subscription_id, s.stream_uuid, s.subscription_name, COALESCE(s.last_se
           AND CAST(l.classid AS bigint) = CAST(CAST(CAST(%(table)s AS regclass) AS oid) AS bigint)
           AND CAST(l.objid AS bigint) = {_LOCK_KEY_ID}
         LIMIT 1),
-       s.created_at
+       s.created_at,
+       -- The oldest event after the checkpoint: the first row past it in the
+       -- stream's (stream_id, stream_version) primary key, holes skipped.
+       CAST(EXTRACT(EPOCH FROM now() - (
+           SELECT e.created_at FROM {s}.stream_events se
+           JOIN {s}.events e ON e.event_id = se.event_id
+           WHERE se.stream_id = st.stream_id AND se.stream_version > COALESCE(s.last_seen, 0)
+           ORDER BY se.stream_version LIMIT 1)) AS double precision)
 FROM {s}.subscriptions s LEFT JOIN {s}.streams st ON st.stream_uuid = s.stream_uuid
 {where}
 ORDER BY s.stream_uuid, s.subscription_name
@@ -113,6 +125,7 @@ def _info(row: Any) -> SubscriptionInfo:
         parked=None if row[5] is None else int(row[5]),
         holder_pid=None if row[6] is None else int(row[6]),
         created_at=utc(row[7]),
+        pending_age=None if row[8] is None else max(0.0, float(row[8])),
     )
 
 

@@ -21,6 +21,9 @@ committed event out of ``$all`` for long:
   next of these.
 
 Calls are cheap when nothing waits (an index probe, no lock, no write).
+The statements are :mod:`.sequencing`'s operations, shared with the async
+store, whose sequencer hooks into the same commit events through
+:func:`watch_session` and :func:`watch_connection`.
 """
 
 from __future__ import annotations
@@ -30,33 +33,40 @@ import queue
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, event
 from sqlalchemy.orm import Session
 
+from . import sequencing
 from .connection import ConnLike, connection, resolve_conn
-from .schema import quote_ident
-from .sequencer_sql import BUSY, EMPTY
+from .sql import Statements
+from .steps import run
 
-__all__ = ["Sequencer"]
+__all__ = ["CommitHooks", "Sequencer", "watch_connection", "watch_session", "watching"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.sequencer")
 
 _PENDING = "sqlalchemy_eventstore.sequencer_pending"  # key in Session.info
 _NO_TRANSACTION = 0  # a worker job that only helps (no transaction to wait for)
-HELP_ROUNDS = 16  # sequencer rounds one appender runs at most for others
-_FIRST_POLL = 0.0005  # seconds between txid_status checks, doubled up to _MAX_POLL
-_MAX_POLL = 0.05
+
+
+class CommitHooks(Protocol):
+    """What a sequencer does when a watched transaction ends (sync or async store)."""
+
+    def session_committed(self) -> None:
+        """A watched Session committed (its ``after_commit`` event)."""
+
+    def committing(self, xid: int) -> None:
+        """A watched Connection's transaction ``xid`` is about to commit."""
 
 
 class Sequencer:
     """When and how one store runs the database's sequencer."""
 
-    def __init__(self, engine: Engine, schema: str) -> None:
+    def __init__(self, engine: Engine, sql: Statements) -> None:
         self._engine = engine
-        s = quote_ident(schema)
-        self._sequence = f"SELECT {s}.eventstore_sequence(%(wait)s)"
+        self._sql = sql
         self._work: queue.Queue[int | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -73,7 +83,7 @@ class Sequencer:
         or a negative number when nothing waited.
         """
         with connection(self._engine, None, transaction=False) as own:
-            return int(own.exec_driver_sql(self._sequence, {"wait": True}).scalar_one())
+            return run(own, sequencing.advance(self._sql))
 
     def help(self) -> None:
         """After a commit: number what waits unless another sequencer is at it.
@@ -88,10 +98,7 @@ class Sequencer:
         ``$all`` or subscription runner.
         """
         with connection(self._engine, None, transaction=False) as own:
-            for _ in range(HELP_ROUNDS):
-                result = int(own.exec_driver_sql(self._sequence, {"wait": False}).scalar_one())
-                if result in (EMPTY, BUSY):
-                    return
+            run(own, sequencing.help_others(self._sql))
 
     def help_quietly(self) -> None:
         """:meth:`help` for callers whose own work already succeeded (an append,
@@ -111,27 +118,15 @@ class Sequencer:
         if conn is None:
             self.help_quietly()
         elif isinstance(conn, Session):
-            self._watch_session(conn)
-        elif isinstance(conn, Connection):
-            self._watch_connection(conn)
-
-    def _watch_session(self, session: Session) -> None:
-        pending: set[Sequencer] = session.info.setdefault(_PENDING, set())
-        pending.add(self)
-        if not event.contains(session, "after_commit", _session_committed):
-            event.listen(session, "after_commit", _session_committed)
-            event.listen(session, "after_soft_rollback", _session_rolled_back)
-
-    def _watch_connection(self, conn: Connection) -> None:
-        pending = _pending_connections.setdefault(conn, {})
-        if self not in pending:
+            watch_session(conn, self)
+        elif isinstance(conn, Connection) and not watching(conn, self):
             # The transaction id, to learn the outcome from another session:
             # the commit event fires before the commit itself.
-            xid = conn.exec_driver_sql("SELECT txid_current()").scalar_one()
-            pending[self] = int(xid)
-        if not event.contains(conn, "commit", _connection_committing):
-            event.listen(conn, "commit", _connection_committing)
-            event.listen(conn, "rollback", _connection_rolled_back)
+            watch_connection(conn, self, run(conn, sequencing.current_xid(self._sql)))
+
+    def session_committed(self) -> None:
+        """A Session this store appended in committed: number its events now."""
+        self.help_quietly()
 
     def help_soon(self) -> None:
         """:meth:`help` on the worker thread (a subscription runner's periodic
@@ -171,14 +166,14 @@ class Sequencer:
 
     def _wait_committed(self, xid: int) -> bool:
         """Wait until transaction ``xid`` ended; True when it committed."""
-        pause = _FIRST_POLL
+        pause = sequencing.FIRST_POLL
         with connection(self._engine, None, transaction=False) as own:
             while not self._closed:
-                status = own.exec_driver_sql("SELECT txid_status(%(xid)s)", {"xid": xid}).scalar()
+                status = run(own, sequencing.xid_status(self._sql, xid))
                 if status != "in progress":
                     return status == "committed"
                 time.sleep(pause)
-                pause = min(pause * 2, _MAX_POLL)
+                pause = min(pause * 2, sequencing.MAX_POLL)
         return False
 
     def close(self, timeout: float = 5.0) -> None:
@@ -191,12 +186,35 @@ class Sequencer:
         self._closed = True
 
 
-# Module-level listeners: one per Session or Connection, whatever the stores.
+# Module-level listeners: one per Session or Connection, whatever the stores
+# (sync or async: an AsyncSession's or AsyncConnection's sync core is watched).
+
+
+def watch_session(session: Session, sequencer: CommitHooks) -> None:
+    """Call ``sequencer.session_committed()`` once ``session``'s transaction commits."""
+    pending: set[CommitHooks] = session.info.setdefault(_PENDING, set())
+    pending.add(sequencer)
+    if not event.contains(session, "after_commit", _session_committed):
+        event.listen(session, "after_commit", _session_committed)
+        event.listen(session, "after_soft_rollback", _session_rolled_back)
+
+
+def watching(conn: Connection, sequencer: CommitHooks) -> bool:
+    """True when ``conn``'s transaction is watched for ``sequencer`` already."""
+    return sequencer in _pending_connections.get(conn, {})
+
+
+def watch_connection(conn: Connection, sequencer: CommitHooks, xid: int) -> None:
+    """Call ``sequencer.committing(xid)`` when ``conn``'s transaction ``xid`` commits."""
+    _pending_connections.setdefault(conn, {})[sequencer] = xid
+    if not event.contains(conn, "commit", _connection_committing):
+        event.listen(conn, "commit", _connection_committing)
+        event.listen(conn, "rollback", _connection_rolled_back)
 
 
 def _session_committed(session: Session) -> None:
     for sequencer in session.info.pop(_PENDING, set()):
-        sequencer.help_quietly()
+        sequencer.session_committed()
 
 
 def _session_rolled_back(session: Session, previous: Any) -> None:
@@ -205,7 +223,7 @@ def _session_rolled_back(session: Session, previous: Any) -> None:
 
 
 # Per Connection object (not conn.info, which outlives it in the pool).
-_pending_connections: weakref.WeakKeyDictionary[Connection, dict[Sequencer, int]] = (
+_pending_connections: weakref.WeakKeyDictionary[Connection, dict[CommitHooks, int]] = (
     weakref.WeakKeyDictionary()
 )
 

@@ -419,6 +419,11 @@ FROM (SELECT 1) AS one LEFT JOIN deleted_stream d ON true LEFT JOIN current_stre
         self.drop_waiting: str | None = (
             f"DELETE FROM {s}.unsequenced WHERE stream_id = %(stream_id)s" if sequenced else None
         )
+        # The sequencer (see sequencer_sql): numbering committed waiting appends
+        # into $all; a transaction's id, and its outcome seen from another session.
+        self.sequence = f"SELECT {s}.eventstore_sequence(%(wait)s)"
+        self.current_xid = "SELECT txid_current()"
+        self.xid_status = "SELECT txid_status(%(xid)s)"
         self.record_snapshot = f"""
 INSERT INTO {s}.snapshots
     (source_uuid, source_version, source_type, data, metadata, created_at)

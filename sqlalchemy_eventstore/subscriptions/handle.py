@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._types import RecordedEvent
 from ..errors import UnexpectedAckError
+from ..stats import SubscriptionStats
 from .state import RETRYING, backoff, describe
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class Subscription:
         self._deliveries_lock = threading.Lock()
         self._last_error: BaseException | None = None
         self._handler_failing = False
+        # Handler calls retried after a failure (stats).
+        self._retries = 0
         # The handler's error on an event it parked: shown until the next success.
         self._parked_error: BaseException | None = None
         # (epoch, event_number) taken back by the runner when an earlier event
@@ -168,6 +171,13 @@ class Subscription:
         if self._handler_failing and self._status != "unsubscribed":
             return RETRYING
         return self._status
+
+    @property
+    def stats(self) -> SubscriptionStats:
+        """The subscription's figures in this process now: lag behind the head of
+        its stream, checkpoint age, events in flight, parked events, retries and
+        status (see :class:`~sqlalchemy_eventstore.SubscriptionStats`)."""
+        return self._runner.stats_of(self)
 
     @property
     def last_error(self) -> BaseException | None:
@@ -364,6 +374,7 @@ class Subscription:
                     return False  # nothing to redeliver to: a transient moves on
                 if self._max_retries is not None and attempts > self._max_retries:
                     return False
+                self._retries += 1
                 self._stopped.wait(backoff(attempts))
                 continue
             if self._handler_failing or (

@@ -25,6 +25,7 @@ from ..notifications.listener import Listener
 from ..notifications.payload import Notification
 from ..storage.connection import connection
 from ..storage.locks import AdvisoryLocks, EngineLockSession
+from ..storage.polls import notify_op
 from ..storage.steps import Op, run
 
 __all__ = ["EngineIO", "ListenerLike", "MakeOp", "StorageIO"]
@@ -37,14 +38,29 @@ MakeOp = Callable[[], Op[T]]
 
 
 class ListenerLike(Protocol):
-    """What the runner needs of a LISTEN connection (see ``Listener``)."""
+    """What the runner needs of a LISTEN connection (see ``Listener``): its
+    lifecycle, its mode (LISTEN or polling, and why), whether the session
+    URL turned out to be a transaction-mode pooler, and the counters
+    ``stats()`` reads."""
+
+    reconnects: int
+    notifications: int
+    session_pooled: bool
 
     @property
     def listening(self) -> bool: ...
 
+    @property
+    def mode(self) -> str | None: ...
+
+    @property
+    def polling_reason(self) -> str | None: ...
+
     def start(self) -> None: ...
 
     def wait_listening(self, timeout: float) -> bool: ...
+
+    def wait_first_attempt(self, timeout: float) -> bool: ...
 
     def stop(self, timeout: float = 5.0) -> None: ...
 
@@ -73,8 +89,12 @@ class StorageIO(Protocol):
         on_reconnect: Callable[[], None],
         on_parked: Callable[[int], None],
         name: str,
+        polling_reason: str | None,
     ) -> ListenerLike:
-        """A LISTEN connection on ``"<schema>.events"`` and ``"<schema>.parked"`` (not started)."""
+        """A LISTEN connection on ``"<schema>.events"`` and ``"<schema>.parked"``
+        (not started), whose first connection checks that LISTEN holds with a
+        NOTIFY sent through the store's pool (``storage.polls.notify_op``);
+        ``polling_reason``: poll from the start instead, without connecting."""
         ...
 
     def locks(self, schema: str, application_name: str) -> AdvisoryLocks:
@@ -139,6 +159,7 @@ class EngineIO:
         on_reconnect: Callable[[], None],
         on_parked: Callable[[int], None],
         name: str,
+        polling_reason: str | None,
     ) -> Listener:
         return Listener(
             self.session_url,
@@ -148,6 +169,8 @@ class EngineIO:
             on_parked=on_parked,
             name=name,
             creator=self.session_creator,
+            probe=lambda channel: self.autocommit(lambda: notify_op(channel)),
+            polling_reason=polling_reason,
         )
 
     def locks(self, schema: str, application_name: str) -> AdvisoryLocks:

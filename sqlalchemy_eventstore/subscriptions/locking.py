@@ -12,18 +12,29 @@ import logging
 import time
 
 from . import persistent as io
+from .metrics import Metrics
 from .persistent import Persistent
 from .reading import read_events
-from .serving import Serving
 from .state import DISCONNECTED, SubscriptionState, backoff
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 Key = tuple[str, str]
 
-__all__ = ["LockSupervision"]
+__all__ = ["LockSupervision", "session_needed"]
 
 
-class LockSupervision(Serving):
+def session_needed(url: str) -> RuntimeError:
+    """The error of a persistent subscription where advisory locks cannot hold."""
+    return RuntimeError(
+        "persistent subscriptions need a database session that holds advisory locks, "
+        f"and {url} goes through a transaction-mode pooler (PgBouncer), which hands a "
+        "session to other clients between transactions: give the store a "
+        "session_mode_url that reaches PostgreSQL directly (or through a session-mode "
+        "pool). Transient subscriptions (store.subscribe) work without one, by polling"
+    )
+
+
+class LockSupervision(Metrics):
     """Starting subscriptions and watching their locks (a base of ``Runner``)."""
 
     def _check_locks(self) -> None:
@@ -43,13 +54,30 @@ class LockSupervision(Serving):
     def _drop_state(self, sub: Persistent) -> None:
         """Lost the lock: forget in-memory progress (storage has the checkpoint)
         and withdraw what was queued to the subscribers."""
+        if sub.state is not None:
+            sub.retries += sub.state.retries
         sub.state = None
         sub.next_attempt = time.monotonic()
         self._set_status(sub, DISCONNECTED)
         for handle in sub.handles:
             handle._withdraw()
 
+    def _refuse(self, sub: Persistent) -> None:
+        """The session URL turned out to be a transaction-mode pooler: a lock
+        taken there would not hold, so the subscription never starts."""
+        error = session_needed(self._backend.session_label)
+        sub.next_attempt = float("inf")
+        self._set_status(sub, DISCONNECTED)
+        for handle in sub.handles:
+            handle._last_error = error
+        if sub.logged != "refused":
+            logger.error("subscription %r cannot start: %s", sub.name, error)
+            sub.logged = "refused"
+
     def _try_start(self, sub: Persistent, now: float) -> None:
+        if self._listener.session_pooled:
+            self._refuse(sub)
+            return
         if not self._listener.listening:
             # Start once LISTEN is active, so that the catch-up read covers every
             # commit the listener will not notify (it has just been started, or
@@ -109,6 +137,7 @@ class LockSupervision(Serving):
         if replays:
             state.replay(read_events(self._backend, sub.stream_uuid, replays))
         sub.last_ack_at = time.monotonic()
+        self._note_start(sub)
         for handle in sub.handles:
             state.add_subscriber(id(handle), sub.buffer_sizes.get(id(handle)))
             handle._begin(sub.epoch)

@@ -61,6 +61,12 @@ class Persistent:
     status: str = "initial"
     # The parked rows changed (a replay or discard request): reload them.
     parked_dirty: bool = False
+    # For stats: parked rows as last loaded (plus parks written since), when
+    # the stored checkpoint last moved (monotonic), and the retries of the
+    # lifetimes that ended (the state counts the current one's).
+    parked_count: int = 0
+    checkpoint_moved_at: float = 0.0
+    retries: int = 0
 
     @property
     def transient(self) -> bool:
@@ -124,6 +130,7 @@ def load_parked(backend: Backend, sub: Persistent) -> tuple[dict[str, int], list
     subscription_id = sub.subscription_id
     schema = backend.schema
     refs = backend.io.transact(lambda: parked_rows.parked_summary_op(schema, subscription_id))
+    sub.parked_count = len(refs)
     blocked: dict[str, int] = {}
     for ref in refs:
         if ref.partition_key is not None:
@@ -136,6 +143,7 @@ def unpark(backend: Backend, sub: Persistent, numbers: list[int]) -> None:
     if sub.transient or sub.subscription_id is None or not numbers:
         return
     subscription_id = sub.subscription_id
-    backend.io.transact(
+    removed = backend.io.transact(
         lambda: parked_rows.remove_parked_op(backend.schema, subscription_id, numbers)
     )
+    sub.parked_count = max(0, sub.parked_count - removed)

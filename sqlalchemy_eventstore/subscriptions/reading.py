@@ -51,6 +51,12 @@ class Backend:
     # global_order="sequencer": asks the store to number waiting appends into
     # $all soon, off the runner's thread (None in lock mode).
     sequence_soon: Callable[[], None] | None = None
+    # Polling mode (see subscriptions.polling): seconds between polls, and why
+    # to poll from the start (None: LISTEN, unless it turns out not to hold).
+    poll_interval: float = 1.0
+    polling_reason: str | None = None
+    # Where LISTEN and the advisory locks connect, for messages (no password).
+    session_label: str = "the session URL"
 
 
 def _convert(row: Any, serializer: Serializer) -> RecordedEvent | Unreadable:

@@ -26,9 +26,10 @@ from ..errors import AlreadySubscribedError, SubscriptionAlreadyExistsError, Too
 from ..notifications.publisher import Publisher
 from .handle import Handler, Subscription
 from .inbox import Inbox, Taken
-from .locking import LockSupervision
+from .locking import LockSupervision, session_needed
 from .options import PersistentOptions
 from .persistent import Persistent
+from .polling import Polling
 from .reading import Backend, current_version, read_page
 from .serving import CHECKPOINT_INTERVAL
 from .state import backoff, describe
@@ -59,7 +60,7 @@ SEQUENCE_INTERVAL = 0.5
 HandleFactory = Callable[..., Subscription]
 
 
-class Runner(LockSupervision):
+class Runner(LockSupervision, Polling):
     """Drives the subscriptions of one store (started on the first subscribe).
 
     ``handle_factory`` makes each subscriber's handle: the async API's
@@ -82,6 +83,7 @@ class Runner(LockSupervision):
             on_reconnect=self._inbox.reconnected,
             on_parked=self._inbox.parked,
             name=f"eventstore-listener-{backend.schema}",
+            polling_reason=backend.polling_reason,
         )
         self._locks = backend.io.locks(backend.schema, f"eventstore-locks-{backend.schema}")
         self._stopping = False
@@ -98,6 +100,8 @@ class Runner(LockSupervision):
         self._dead_since: dict[int, float] = {}
         self._logged_pass_error: str | None = None
         self._next_sequence = 0.0
+        self._heads: dict[str, int] = {}  # for stats (metrics)
+        self._init_polling()
         self._thread = threading.Thread(
             target=self._run, name=f"eventstore-runner-{backend.schema}", daemon=True
         )
@@ -169,6 +173,12 @@ class Runner(LockSupervision):
     def wait_listening(self, timeout: float) -> bool:
         return self._listener.wait_listening(timeout)
 
+    def store_stats(self) -> tuple[int, int, float | None, str | None]:
+        """Notifications, listener reconnects, notification lag, mode (stats)."""
+        listener = self._listener
+        notifications = listener.notifications + self.polled_notifications
+        return notifications, listener.reconnects, self._publisher.lag, listener.mode
+
     def subscribe_transient(
         self,
         stream_uuid: str,
@@ -204,6 +214,11 @@ class Runner(LockSupervision):
         options: PersistentOptions,
     ) -> Subscription:
         key = (stream_uuid, name)
+        # Known at once where the session URL is a transaction-mode pooler (the
+        # listener's first connection finds out): advisory locks cannot hold.
+        self._listener.wait_first_attempt(30)
+        if self._listener.session_pooled:
+            raise session_needed(self._backend.session_label)
         handle = self._new_handle(
             self,
             key,
@@ -406,6 +421,7 @@ class Runner(LockSupervision):
         retry = self._publisher.next_retry
         if retry is not None:
             wake = min(wake, retry)
+        wake = self._poll_wake(wake)
         for sub in self._persistent.values():
             state = sub.state
             if state is None:
@@ -439,8 +455,10 @@ class Runner(LockSupervision):
             self._publisher.on_reconnect()
         for notification in taken.notifications:
             self._publisher.on_notification(notification)
+        self._note_heads(taken.notifications)
         self._publisher.retry_failed()
         now = time.monotonic()
+        self._poll_if_due(now)
         if now >= self._next_sequence and self._backend.sequence_soon is not None:
             self._next_sequence = now + SEQUENCE_INTERVAL
             self._sequence_for_all_subscribers()

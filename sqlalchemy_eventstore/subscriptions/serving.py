@@ -70,6 +70,8 @@ class Serving:
         finally:
             if sub.subscription_id is not None:
                 self._locks.unlock(sub.subscription_id)
+            if sub.state is not None:
+                sub.retries += sub.state.retries
             sub.state = None
             sub.prefetch = None
 
@@ -179,6 +181,8 @@ class Serving:
             return
         requests = list(state.to_park)
         io.park(self._backend, sub, requests)
+        if not sub.transient:
+            sub.parked_count += len(requests)
         state.parked([r.event.event_number for r in requests])
 
     def _report(self, sub: Persistent) -> None:
@@ -223,6 +227,8 @@ class Serving:
         ):
             self._deleted(sub)
             return
+        if position > state.persisted:
+            sub.checkpoint_moved_at = time.monotonic()
         state.persisted_at(position)
 
     # -- the publisher's view of persistent subscriptions (LiveTargets) -----------------

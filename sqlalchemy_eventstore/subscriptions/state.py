@@ -165,6 +165,8 @@ class SubscriptionState:
         self.replays: set[int] = set()
         # Replayed events acked since the scheduler last looked: to unpark.
         self.replays_acked: list[int] = []
+        # Failures of user code or the serializer that are retried (for stats).
+        self.retries = 0
 
     # -- subscribers ---------------------------------------------------------
 
@@ -206,7 +208,10 @@ class SubscriptionState:
         attempts = failure.attempts + 1 if failure and failure.number == number else 1
         self.failure = Failure(number, attempts, error, now + backoff(attempts), stage)
         self.recovered = False
-        return self.max_retries is not None and attempts > self.max_retries
+        park = self.max_retries is not None and attempts > self.max_retries
+        if not park:
+            self.retries += 1
+        return park
 
     def _succeeded(self, number: int) -> None:
         if self.failure is not None and self.failure.number == number:
