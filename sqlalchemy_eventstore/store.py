@@ -37,6 +37,7 @@ from .storage.sequencer import Sequencer
 from .storage.sql import Statements
 from .storage.subscriptions import delete_subscription as delete_subscription_row
 from .subscriptions.handle import Subscription
+from .subscriptions.io import EngineIO
 from .subscriptions.locking import session_needed
 from .subscriptions.options import FROM_CURRENT, persistent_options
 from .subscriptions.reading import Backend
@@ -352,17 +353,23 @@ class EventStore(StorageCalls):
                 pooled.detach()  # from now on closing it closes the connection itself
                 return pooled.dbapi_connection
 
+        session_url = self.session_mode_url or self._engine.url
+        io = EngineIO(
+            self._engine,
+            prepare=self._sql.prepare,
+            session_url=session_url,
+            session_creator=creator,
+        )
         return Backend(
-            engine=self._engine,
+            io=io,
             schema=self.schema,
             statements=self._sql,
             serializer=self.serializer,
-            session_url=self.session_mode_url or self._engine.url,
-            session_creator=creator,
             retry_interval=self.subscription_retry_interval,
             sequence_soon=self._sequence_soon if self._sequencer is not None else None,
             poll_interval=self.poll_interval,
             polling_reason=self._polling_reason(),
+            session_label=session_url.render_as_string(hide_password=True),
         )
 
     def _polling_reason(self) -> str | None:

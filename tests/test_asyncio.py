@@ -1,5 +1,5 @@
-"""What only the async API has: AsyncSession/AsyncConnection as ``conn=``,
-cancellation, engine ownership, and what it leaves out (subscriptions).
+"""What only the async API's storage calls have: AsyncSession/AsyncConnection as
+``conn=``, cancellation, engine ownership (subscriptions: test_asyncio_subscriptions.py).
 
 The storage contract itself runs on the async API through the contract modules
 (``driver`` async-psycopg / async-asyncpg, see conftest.py).
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
 from sqlalchemy_eventstore import EventData, EventStore
 from sqlalchemy_eventstore.asyncio import AsyncEventStore
@@ -218,18 +218,6 @@ def test_urls_of_sync_drivers_are_refused():
 def test_global_order_is_validated():
     with pytest.raises(ValueError, match="global_order"):
         AsyncEventStore("postgresql+asyncpg://u@localhost/db", global_order="other")
-
-
-def test_subscriptions_are_not_part_of_the_async_api_yet():
-    for name in (
-        "subscribe",
-        "subscribe_to_stream",
-        "subscribe_to_all_streams",
-        "unsubscribe_from_stream",
-        "delete_subscription",
-    ):
-        assert not hasattr(AsyncEventStore, name), name
-    assert isinstance(AsyncEngine, type)
 
 
 def test_a_call_timeout_raises_store_timeout_with_nothing_written(async_url, schema, run):

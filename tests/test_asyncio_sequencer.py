@@ -29,6 +29,7 @@ from tests.async_facade import LoopThread
 from .sequencer_helpers import (
     all_rows,
     assert_gap_free_in_stream_order,
+    commit_behind_the_hooks,
     eventually,
     waiting,
 )
@@ -308,3 +309,46 @@ def test_sync_lock_writers_and_async_sequencer_writers_stay_gap_free(
     assert len(rows) == sync_events + async_events
     report = check(database_url, schema, quiet=True)
     assert report.violations() == []
+
+
+def test_async_all_subscribers_get_events_nobody_numbered(
+    async_url: URL, database_url: URL, schema: str, run: Run, admin_engine: Engine
+) -> None:
+    """Appends committed but never numbered (their writer died after its
+    commit) reach the async store's subscribers to ``$all``, with no other
+    writer: its subscriptions' runner numbers what waits now and then, on the
+    store's loop, as the sync store's does."""
+    writer = EventStore(database_url, schema=schema, global_order="sequencer")
+    writer.init()
+    store = AsyncEventStore(async_url, schema=schema, global_order="sequencer")
+
+    def orphan(stream: str, count: int) -> None:
+        with writer.engine.connect() as conn:
+            conn.begin()
+            writer.append_to_stream(stream, ANY_VERSION, events(count, tag=stream), conn=conn)
+            commit_behind_the_hooks(conn)
+            conn.rollback()
+
+    async def scenario() -> tuple[list[Any], list[Any]]:
+        live = await store.subscribe(ALL_STREAM)
+        orphan("before", 2)  # waits unnumbered when the persistent one starts
+        projector = await store.subscribe_to_all_streams("projector", buffer_size=10)
+        assert await projector.wait_subscribed(10)
+        caught_up = await projector.receive(timeout=10)
+        await projector.ack(caught_up)
+        orphan("after", 1)
+        heard = [e for batch in [await live.receive(timeout=10)] for e in batch]
+        while len(heard) < 3:
+            heard += await live.receive(timeout=10)
+        caught_up += await projector.receive(timeout=10)
+        return heard, caught_up
+
+    try:
+        heard, caught_up = run(scenario())
+        expected = [(1, "before"), (2, "before"), (3, "after")]
+        assert [(e.event_number, e.stream_uuid) for e in heard] == expected
+        assert [(e.event_number, e.stream_uuid) for e in caught_up] == expected
+        assert waiting(admin_engine, schema) == 0
+    finally:
+        run(store.close())
+        writer.close()

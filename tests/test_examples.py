@@ -67,6 +67,21 @@ def test_flask_app_commits_or_rolls_back_rows_and_events_together(
     ]
 
 
+def test_fastapi_app_appends_in_the_request_transaction_and_projects_by_subscription(
+    run_example: Callable[[str, str], str],
+):
+    lines = run_example("fastapi_app", "fastapi_example").splitlines()
+    assert lines == [
+        "POST /orders -> 201 {'reference': 'A-<run>', 'total': 30}",
+        "POST /orders -> 402 {'detail': 'card declined'}",
+        "GET /orders/A-<run>/events -> 200 {'events': "
+        "[{'type': 'OrderPlaced', 'data': {'reference': 'A-<run>', 'total': 30}}]}",
+        "GET /orders/B-<run>/events -> 404 {'detail': 'no such order'}",
+        "orders of this run: ['A-<run>']",
+        "the projection added: {'orders': 1, 'revenue': 30}",
+    ]
+
+
 def test_bank_account_reloads_from_its_snapshot(run_example: Callable[[str, str], str]):
     out = run_example("bank_account", "bank_account_example")
     assert "deposit   20: balance 140 (version 5) + snapshot" in out

@@ -43,6 +43,7 @@ from sqlalchemy_eventstore import (
     EventStore,
     SnapshotData,
 )
+from sqlalchemy_eventstore.asyncio import AsyncEventStore
 from sqlalchemy_eventstore.errors import (
     SnapshotNotFoundError,
     StreamDeletedError,
@@ -51,7 +52,8 @@ from sqlalchemy_eventstore.errors import (
     WrongExpectedVersionError,
 )
 
-from .conftest import DRIVERS
+from .async_facade import SyncFacade
+from .conftest import ASYNC_DRIVERS, DRIVERS
 from .subscription_helpers import WAIT, collect, eventually, flatten, new_id
 
 Gate = Callable[[int, Callable[[int], Any]], list[Any]]
@@ -111,7 +113,7 @@ class Bouncer:
     def url(self, driver: str = "psycopg2") -> URL:
         """The test database through pgbouncer."""
         return self.base_url.set(
-            drivername=DRIVERS[driver], host="127.0.0.1", port=self.port
+            drivername={**DRIVERS, **ASYNC_DRIVERS}[driver], host="127.0.0.1", port=self.port
         ).difference_update_query(["host", "port"])
 
     def admin(self, command: str) -> list[dict[str, Any]]:
@@ -510,17 +512,21 @@ def test_concurrent_appends_through_transaction_pooling(
 
 
 @pytest.fixture
-def pooled_store(bouncer: Bouncer, admin_engine: Engine) -> Iterator[Callable[..., EventStore]]:
-    """Initialised stores whose only URL is pgbouncer's (options as given)."""
-    made: list[EventStore] = []
+def pooled_store(
+    bouncer: Bouncer, admin_engine: Engine, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., EventStore]]:
+    """Initialised stores whose only URL is pgbouncer's (options as given);
+    ``driver="async-..."``: an AsyncEventStore behind tests.async_facade."""
+    made: list[Any] = []
 
     def factory(*, driver: str = "psycopg2", **options: Any) -> EventStore:
-        store = EventStore(
-            bouncer.url(driver),
-            schema=f"es_pgb_{uuid.uuid4().hex[:10]}",
-            name=f"pgb-{uuid.uuid4().hex[:8]}",
-            **options,
-        )
+        store: Any
+        names = {"schema": f"es_pgb_{uuid.uuid4().hex[:10]}", "name": f"pgb-{uuid.uuid4().hex[:8]}"}
+        if driver.startswith("async-"):
+            loop = request.getfixturevalue("loop_thread")
+            store = SyncFacade(AsyncEventStore(bouncer.url(driver), **names, **options), loop)
+        else:
+            store = EventStore(bouncer.url(driver), **names, **options)
         made.append(store)
         store.init()
         return store
@@ -533,7 +539,7 @@ def pooled_store(bouncer: Bouncer, admin_engine: Engine) -> Iterator[Callable[..
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE'))
 
 
-@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "async-psycopg", "async-asyncpg"])
 def test_transaction_pooling_without_a_session_url_polls(
     bouncer: Bouncer,
     pooled_store: Callable[..., EventStore],
@@ -580,15 +586,17 @@ def test_transaction_pooling_without_a_session_url_polls(
     assert store.name in {row["application_name"] for row in bouncer.clients()}
 
 
+@pytest.mark.parametrize("driver", ["psycopg2", "async-psycopg", "async-asyncpg"])
 def test_a_session_url_through_the_pooler_is_found_out(
     bouncer: Bouncer,
     pooled_store: Callable[..., EventStore],
     caplog: pytest.LogCaptureFixture,
+    driver: str,
 ) -> None:
     """LISTEN through transaction pooling succeeds, but never hears a thing:
     the listener's check finds it out, and the store polls."""
     caplog.set_level(logging.WARNING, logger="sqlalchemy_eventstore")
-    store = pooled_store(session_mode_url=bouncer.url(), poll_interval=0.1)
+    store = pooled_store(driver=driver, session_mode_url=bouncer.url(driver), poll_interval=0.1)
     sub = store.subscribe(ALL_STREAM)  # returns once the check is over
     assert store.stats().notification_mode == "poll"
     why = [r.getMessage() for r in caplog.records if "poll for new events" in r.getMessage()]

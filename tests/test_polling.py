@@ -18,7 +18,7 @@ from sqlalchemy_eventstore import ALL_STREAM, EventData
 from .subscription_helpers import WAIT, append, checkpoint, collect, eventually, flatten, new_id
 
 
-@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "async-psycopg", "async-asyncpg"])
 def test_subscriptions_poll_without_listen(
     make_store: Any, admin_engine: Any, caplog: pytest.LogCaptureFixture, driver: str
 ) -> None:
@@ -46,7 +46,7 @@ def test_subscriptions_poll_without_listen(
     assert [e.event_number for e in flatten(collect(everything, 4))] == [3, 4, 5, 6]
     assert [e.event_number for e in flatten(collect(one_stream, 4))] == [3, 4, 5, 6]
     assert [e.event_id for e in flatten(collect(one_stream, 0))] == []
-    assert eventually(lambda: checkpoint(store.engine, store.schema, "projector") == 6)
+    assert eventually(lambda: checkpoint(admin_engine, store.schema, "projector") == 6)
     stats = store.stats()
     assert stats.notifications >= 2 and stats.notification_lag is not None
     assert eventually(lambda: projector.stats.lag == 0 and projector.stats.head == 6)
@@ -62,8 +62,9 @@ def test_subscriptions_poll_without_listen(
     assert listeners == 0
 
 
-def test_replays_of_parked_events_are_polled(make_store: Any) -> None:
-    store = make_store(listen=False, poll_interval=0.1)
+@pytest.mark.parametrize("driver", ["psycopg2", "async-asyncpg"])
+def test_replays_of_parked_events_are_polled(make_store: Any, driver: str) -> None:
+    store = make_store(driver=driver, listen=False, poll_interval=0.1)
     failing = {2}
     handled: list[int] = []
 

@@ -52,7 +52,13 @@ def test_readme_async_example_runs(database_url: URL, admin_engine: Engine, caps
             ),
             namespace,
         )
+        with admin_engine.connect() as conn:
+            checkpoint = conn.execute(
+                text(f'SELECT last_seen FROM "{schema}".subscriptions')
+            ).scalar_one()
     finally:
         with admin_engine.connect() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
     assert capsys.readouterr().out.splitlines() == ["1 AccountOpened {'owner': 'Ada'}"]
+    # The subscription received and acked that event before the store closed.
+    assert checkpoint == 1

@@ -41,8 +41,9 @@ def test_store_counts_appends_and_events(make_store: Any) -> None:
         stats.appends = 0  # type: ignore[misc]
 
 
-def test_lag_in_flight_queued_and_checkpoint_of_a_mailbox(make_store: Any) -> None:
-    store = make_store()
+@pytest.mark.parametrize("driver", ["psycopg2", "async-asyncpg"])
+def test_lag_in_flight_queued_and_checkpoint_of_a_mailbox(make_store: Any, driver: str) -> None:
+    store = make_store(driver=driver)
     stream = new_id()
     append(store, stream, 10)
     sub = store.subscribe_to_all_streams("projector", buffer_size=3)
@@ -110,8 +111,9 @@ def test_lag_of_a_subscription_to_one_stream(make_store: Any) -> None:
     assert sub.stats.lag == 1
 
 
-def test_retries_and_parked_events_of_a_failing_handler(make_store: Any) -> None:
-    store = make_store()
+@pytest.mark.parametrize("driver", ["psycopg2", "async-psycopg"])
+def test_retries_and_parked_events_of_a_failing_handler(make_store: Any, driver: str) -> None:
+    store = make_store(driver=driver)
     handled: list[int] = []
 
     def handler(events: list[Any]) -> None:
@@ -151,8 +153,9 @@ def test_retries_of_a_failing_selector(make_store: Any) -> None:
     assert sub.stats.parked == 0
 
 
-def test_listener_reconnects_are_counted(make_store: Any, admin_engine: Any) -> None:
-    store = make_store()
+@pytest.mark.parametrize("driver", ["psycopg2", "async-psycopg", "async-asyncpg"])
+def test_listener_reconnects_are_counted(make_store: Any, admin_engine: Any, driver: str) -> None:
+    store = make_store(driver=driver)
     sub = store.subscribe(ALL_STREAM)
     assert sub.stats.subscription_name is None and sub.stats.status == "subscribed"
     assert store.stats().listener_reconnects == 0

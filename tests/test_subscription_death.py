@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any
 
+import pytest
+
 from sqlalchemy_eventstore import ANY_VERSION, EventData
 
 from .subscription_helpers import WAIT, checkpoint, eventually
@@ -87,6 +89,7 @@ def _complete(received: dict[str, list[int]]) -> bool:
     return all(received.get(s) == [0, 1, 2, 3, 4] for s in STREAMS)
 
 
+@pytest.mark.sync_only  # the async API's consumer is a task: tests/test_asyncio_subscriptions.py
 def test_a_mailbox_whose_consumer_thread_ends_hands_its_partitions_on(
     make_store, admin_engine, driver
 ):

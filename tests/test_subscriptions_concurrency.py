@@ -90,8 +90,8 @@ def test_a_refused_subscription_can_subscribe_once_the_first_unsubscribed(make_s
     assert next_numbers(second) == [2]
 
 
-def test_too_many_subscribers(make_store):
-    store = make_store()
+def test_too_many_subscribers(make_store, driver):
+    store = make_store(driver=driver)
     s1 = subscribe_all(store, "c", concurrency_limit=2)
     subscribe_all(store, "c", concurrency_limit=2)
     with pytest.raises(TooManySubscribersError) as raised:
@@ -102,8 +102,8 @@ def test_too_many_subscribers(make_store):
     assert subscribe_all(store, "c", concurrency_limit=2).subscribed
 
 
-def test_the_same_handler_cannot_subscribe_twice(make_store):
-    store = make_store()
+def test_the_same_handler_cannot_subscribe_twice(make_store, driver):
+    store = make_store(driver=driver)
     seen: list[int] = []
 
     def handler(events):
@@ -134,8 +134,8 @@ def test_sends_events_to_all_subscribers(make_store):
     assert_quiet(*subs)
 
 
-def test_sends_the_next_event_to_the_next_available_subscriber_after_ack(make_store):
-    store = make_store()
+def test_sends_the_next_event_to_the_next_available_subscriber_after_ack(make_store, driver):
+    store = make_store(driver=driver)
     s1, s2 = (subscribe_all(store, "c", concurrency_limit=2) for _ in range(2))
     append(store, "s", 6)
     assert next_numbers(s1) == [1]
@@ -169,8 +169,8 @@ def test_catch_up_sends_the_next_event_to_the_next_available_subscriber(make_sto
     assert_quiet(s1, s2)
 
 
-def test_checkpoint_follows_acks_in_event_order(make_store, admin_engine):
-    store = make_store()
+def test_checkpoint_follows_acks_in_event_order(make_store, driver, admin_engine):
+    store = make_store(driver=driver)
     s1, s2, s3 = (subscribe_all(store, "c", concurrency_limit=3) for _ in range(3))
     append(store, "s", 8)
 
@@ -204,8 +204,8 @@ def test_checkpoint_follows_acks_in_event_order(make_store, admin_engine):
     assert_quiet(s1, s2, s3)
 
 
-def test_resends_in_flight_events_when_a_subscriber_unsubscribes(make_store, admin_engine):
-    store = make_store()
+def test_resends_in_flight_events_when_a_subscriber_unsubscribes(make_store, driver, admin_engine):
+    store = make_store(driver=driver)
     s1, s2 = (subscribe_all(store, "c", concurrency_limit=2) for _ in range(2))
     append(store, "s", 6)
     assert next_numbers(s1) == [1]
@@ -233,8 +233,11 @@ def test_an_ack_after_unsubscribing_is_ignored(make_store):
     assert next_numbers(s2) == [1]
 
 
-def test_the_subscription_is_released_when_all_its_subscribers_are_gone(make_store, admin_engine):
-    store = make_store(subscription_retry_interval=0.2)
+def test_the_subscription_is_released_when_all_its_subscribers_are_gone(
+    make_store, driver, admin_engine
+):
+    store = make_store(driver=driver, subscription_retry_interval=0.2)
+    # The other store is a sync one: the two APIs share the subscription's lock.
     other = make_store(schema=store.schema, init=False, subscription_retry_interval=0.2)
     s1, s2 = (subscribe_all(store, "c", concurrency_limit=2) for _ in range(2))
     waiting = other.subscribe_to_all_streams("c", concurrency_limit=2, buffer_size=10)
@@ -330,8 +333,8 @@ def test_round_robin_respects_each_subscribers_buffer_size(make_store):
     assert_quiet(s1, s2)
 
 
-def test_handlers_share_the_work_round_robin(make_store):
-    store = make_store()
+def test_handlers_share_the_work_round_robin(make_store, driver):
+    store = make_store(driver=driver)
     got: dict[int, list[int]] = defaultdict(list)
     lock = threading.Lock()
 
@@ -374,8 +377,8 @@ def test_partitions_events_with_partition_by(make_store):
     assert_quiet(*subs)
 
 
-def test_sends_new_events_of_a_partition_to_the_same_subscriber_after_ack(make_store):
-    store = make_store()
+def test_sends_new_events_of_a_partition_to_the_same_subscriber_after_ack(make_store, driver):
+    store = make_store(driver=driver)
     s1, s2, s3 = (
         subscribe_all(store, "p", concurrency_limit=3, buffer_size=2, partition_by=by_n(3))
         for _ in range(3)
@@ -488,10 +491,10 @@ def test_redistributes_partitions_once_acknowledged_and_to_a_new_subscriber(make
 # -- a partitioned subscriber going away (the reference's known defect) ---------------
 
 
-def test_a_partitioned_subscriber_going_away_hands_its_events_on_in_order(make_store):
+def test_a_partitioned_subscriber_going_away_hands_its_events_on_in_order(make_store, driver):
     # subscription_partition_subscriber_down_test.exs, first case: buffer 1,
     # two events in each of two streams.
-    store = make_store()
+    store = make_store(driver=driver)
     options: dict[str, Any] = dict(
         concurrency_limit=2, buffer_size=1, partition_by=lambda e: e.stream_uuid
     )
@@ -592,11 +595,11 @@ def test_every_partition_stays_in_order_when_subscribers_go_away(make_store, see
     assert_quiet(*subs.values())
 
 
-def test_partitioned_handlers_process_each_stream_serially_and_in_order(make_store):
+def test_partitioned_handlers_process_each_stream_serially_and_in_order(make_store, driver):
     """Four handler threads, twenty streams, events appended before and while
     they run: no stream is ever processed by two handlers at once, and each
     stream's events are processed once each, in order."""
-    store = make_store()
+    store = make_store(driver=driver)
     rng = random.Random(7)
     streams = [f"stream-{i:02d}" for i in range(20)]
     lock = threading.Lock()

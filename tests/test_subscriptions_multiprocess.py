@@ -6,7 +6,10 @@ own EventStore from a URL string and subscribes to the same name. Exactly one
 holds the advisory lock and receives events; when it is killed with SIGKILL
 -- no cleanup, the server drops its session and so its lock -- the other
 takes over within a few seconds and receives every event that was not
-acknowledged, none lost.
+acknowledged, none lost. In the mixed variant the first child runs an
+AsyncEventStore (asyncpg) and holds the subscription, and a sync one takes
+over from it: both APIs share the subscription's advisory lock and
+checkpoint, and the async one receives what the sync parent appends.
 """
 
 from __future__ import annotations
@@ -105,8 +108,9 @@ def append(store: Any, n: int) -> None:
     store.append_to_stream("s", ANY_VERSION, [EventData("Tick", {"i": i}) for i in range(n)])
 
 
+@pytest.mark.parametrize("apis", [("sync", "sync"), ("async", "sync")], ids=["sync", "mixed"])
 def test_one_process_runs_the_subscription_and_the_other_takes_over_when_it_is_killed(
-    make_store, database_url, admin_engine
+    make_store, database_url, admin_engine, apis
 ):
     store = make_store()  # initialises the schema; the test appends through it
     ctx = multiprocessing.get_context("spawn")
@@ -114,10 +118,17 @@ def test_one_process_runs_the_subscription_and_the_other_takes_over_when_it_is_k
     stop = ctx.Event()
     url = database_url.render_as_string(hide_password=False)
     children = [
-        Child(ctx, (url, store.schema, "shared", ack_limit, stop), index) for index in range(2)
+        Child(ctx, (url, store.schema, "shared", ack_limit, stop, api), index)
+        for index, api in enumerate(apis)
     ]
-    for child in children:
-        child.process.start()
+    if apis[0] != apis[1]:
+        # Mixed: the async child takes the subscription first, for certain.
+        children[0].process.start()
+        assert wait_for(children, lambda: children[0].subscribed, SPAWN_WAIT)
+        children[1].process.start()
+    else:
+        for child in children:
+            child.process.start()
     try:
         assert wait_for(
             children,
@@ -128,6 +139,8 @@ def test_one_process_runs_the_subscription_and_the_other_takes_over_when_it_is_k
         wait_for(children, lambda: False, 1.0)
         assert [c.subscribed for c in children].count(True) == 1
         holder, other = children if children[0].subscribed else children[::-1]
+        if apis[0] != apis[1]:
+            assert holder is children[0]
 
         append(store, 10)
         append(store, 10)

@@ -73,8 +73,8 @@ def test_notifies_events_persisted_after_subscribing(store, transient):
     assert numbers(batch) == [1]
 
 
-def test_ignores_events_persisted_before_subscribing(make_store, transient):
-    es = make_store()
+def test_ignores_events_persisted_before_subscribing(make_store, driver, transient):
+    es = make_store(driver=driver)
     stream = new_id()
     append(es, stream, 1, expected=0)
     sub = transient(es, stream)
@@ -83,8 +83,8 @@ def test_ignores_events_persisted_before_subscribing(make_store, transient):
     assert numbers(sub.receive(timeout=WAIT)) == [2, 3]
 
 
-def test_ignores_events_of_another_stream(make_store, transient):
-    es = make_store()
+def test_ignores_events_of_another_stream(make_store, driver, transient):
+    es = make_store(driver=driver)
     sub = transient(es, new_id())
     append(es, new_id(), 1)
     assert_quiet(sub)
@@ -114,8 +114,8 @@ def test_selector(make_store, transient):
     assert numbers(sub.receive(timeout=WAIT)) == [2, 4]
 
 
-def test_selector_and_mapper(make_store, transient):
-    es = make_store()
+def test_selector_and_mapper(make_store, driver, transient):
+    es = make_store(driver=driver)
     stream = new_id()
     sub = transient(
         es, stream, selector=lambda e: e.event_number % 2 == 0, mapper=lambda e: e.event_number
@@ -157,8 +157,8 @@ def test_ack_is_accepted_and_nothing_is_persisted(make_store, admin_engine):
     assert subscription_rows(admin_engine, es.schema) == []
 
 
-def test_unsubscribe_stops_delivery(make_store):
-    es = make_store()
+def test_unsubscribe_stops_delivery(make_store, driver):
+    es = make_store(driver=driver)
     sub = es.subscribe("s")
     other = es.subscribe("s")
     sub.unsubscribe()
@@ -167,8 +167,8 @@ def test_unsubscribe_stops_delivery(make_store):
     assert_quiet(sub)
 
 
-def test_resubscribing_ignores_events_appended_while_unsubscribed(make_store):
-    es = make_store()
+def test_resubscribing_ignores_events_appended_while_unsubscribed(make_store, driver):
+    es = make_store(driver=driver)
     first = es.subscribe("s")
     every = es.subscribe(ALL_STREAM)
     append(es, "s", 1)
@@ -263,8 +263,10 @@ def subscribe_transient(store, stream, name, **options):
     return sub
 
 
-def test_restarted_transient_subscription_receives_every_event_again(make_store, admin_engine):
-    es = make_store()
+def test_restarted_transient_subscription_receives_every_event_again(
+    make_store, driver, admin_engine
+):
+    es = make_store(driver=driver)
     stream = new_id()
     initial = append(es, stream, 1)
     sub = subscribe_transient(es, stream, "sub")
@@ -331,8 +333,8 @@ def test_persistent_then_transient_then_persistent_with_the_same_name(make_store
     assert_same_events(again.receive(timeout=WAIT), new)
 
 
-def test_transient_subscription_persists_nothing_even_at_close(make_store, admin_engine):
-    es = make_store()
+def test_transient_subscription_persists_nothing_even_at_close(make_store, driver, admin_engine):
+    es = make_store(driver=driver)
     append(es, "s", 3)
     sub = es.subscribe_to_all_streams("sub", transient=True, buffer_size=3, checkpoint_after=0.05)
     assert sub.wait_subscribed(WAIT)
@@ -342,8 +344,8 @@ def test_transient_subscription_persists_nothing_even_at_close(make_store, admin
     assert subscription_rows(admin_engine, es.schema) == []
 
 
-def test_transient_subscription_keeps_acks_and_back_pressure(make_store):
-    es = make_store()
+def test_transient_subscription_keeps_acks_and_back_pressure(make_store, driver):
+    es = make_store(driver=driver)
     append(es, "s", 5)
     sub = es.subscribe_to_all_streams("sub", transient=True, buffer_size=2)
     assert sub.wait_subscribed(WAIT)
@@ -354,15 +356,15 @@ def test_transient_subscription_keeps_acks_and_back_pressure(make_store):
     assert numbers(flatten(collect(sub, 3, ack=True))) == [3, 4, 5]
 
 
-def test_one_name_cannot_be_both_transient_and_persistent_in_one_process(make_store):
-    es = make_store()
+def test_one_name_cannot_be_both_transient_and_persistent_in_one_process(make_store, driver):
+    es = make_store(driver=driver)
     subscribe_transient(es, ALL_STREAM, "sub")
     with pytest.raises(SubscriptionAlreadyExistsError):
         es.subscribe_to_all_streams("sub")
 
 
-def test_transient_handler_subscription(make_store, admin_engine):
-    es = make_store()
+def test_transient_handler_subscription(make_store, driver, admin_engine):
+    es = make_store(driver=driver)
     append(es, "s", 4)
     seen = []
     sub = es.subscribe_to_all_streams(

@@ -5,5 +5,6 @@ asyncpg (``postgresql+asyncpg://``); install the ``asyncio`` extra.
 """
 
 from .store import AsyncEvents, AsyncEventStore
+from .subscription import AsyncSubscription
 
-__all__ = ["AsyncEventStore", "AsyncEvents"]
+__all__ = ["AsyncEventStore", "AsyncEvents", "AsyncSubscription"]

@@ -2,9 +2,8 @@
 
 Each call is built by :class:`~.._operations.Operations` exactly as the sync
 store builds it (arguments, errors, statements), then awaited on the call's
-connection by :class:`~.connection.AsyncRunner`. Subscriptions are not part of
-the async API yet: use a sync :class:`~sqlalchemy_eventstore.EventStore` on the
-same schema for them.
+connection by :class:`~.connection.AsyncRunner`. Subscriptions are the sync
+API's, driven through the store's event loop (see :mod:`.subscribing`).
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from .. import _validation as check
+from .._counters import StoreCounters
 from .._operations import STORE_TIMEOUT, Call, Operations, ReadPlan, Timeout
 from .._options import StoreOptions, connect_args
 from .._types import (
@@ -32,6 +32,7 @@ from ..storage.sql import Statements
 from .connection import AsyncConnector, AsyncConnLike, AsyncRunner
 from .reads import AsyncEvents
 from .sequencer import AsyncSequencer
+from .subscribing import AsyncSubscriptions
 
 __all__ = ["AsyncEventStore", "AsyncEvents"]
 
@@ -52,14 +53,15 @@ def _async_url(url: str | URL) -> URL:
     return parsed
 
 
-class AsyncEventStore(Operations):
+class AsyncEventStore(AsyncSubscriptions, Operations):
     """An event store on one PostgreSQL schema, for asyncio (see EventStore).
 
     ``url_or_engine`` is a ``postgresql+psycopg://`` or ``postgresql+asyncpg://``
     URL (plain ``postgresql://`` means psycopg 3), or an ``AsyncEngine`` whose
     pool the store shares and does not dispose of. The options are
     EventStore's, with the same meaning (``global_order="sequencer"``: appends
-    are numbered into ``$all`` after their commit, see :mod:`.sequencer`).
+    are numbered into ``$all`` after their commit, see :mod:`.sequencer`;
+    ``listen``, ``transaction_pooling`` and ``poll_interval``: polling mode).
     ``conn=`` takes an ``AsyncSession`` or ``AsyncConnection`` in the caller's
     transaction, joined, never committed.
     """
@@ -78,6 +80,9 @@ class AsyncEventStore(Operations):
         timeout: float | None = 15.0,
         foreign_keys: bool = True,
         global_order: str = "lock",
+        poll_interval: float = 1.0,
+        transaction_pooling: bool = False,
+        listen: bool = True,
     ) -> None:
         if global_order not in ("lock", "sequencer"):
             raise ValueError(f"global_order must be 'lock' or 'sequencer', got {global_order!r}")
@@ -89,13 +94,18 @@ class AsyncEventStore(Operations):
             name=name,
             timeout=timeout,
             foreign_keys=foreign_keys,
+            poll_interval=poll_interval,
+            transaction_pooling=transaction_pooling,
+            listen=listen,
         )
+        # Through a transaction-mode pooler: no server-side session state on url.
+        pooled = session_mode_url is not None or options.transaction_pooling
         self.timeout = options.timeout
         if isinstance(url_or_engine, AsyncEngine):
             engine, owns = url_or_engine, False
         elif isinstance(url_or_engine, (str, URL)):
             url = _async_url(url_or_engine)
-            args = connect_args(url, name, pooler=session_mode_url is not None)
+            args = connect_args(url, name, pooler=pooled)
             engine = create_async_engine(url, connect_args=args, pool_timeout=self.timeout)
             owns = True
         else:
@@ -116,6 +126,9 @@ class AsyncEventStore(Operations):
         self.enable_hard_deletes = enable_hard_deletes
         self.session_mode_url = None if session_mode_url is None else make_url(session_mode_url)
         self.subscription_retry_interval = options.subscription_retry_interval
+        self.poll_interval = options.poll_interval
+        self.transaction_pooling = options.transaction_pooling
+        self.listen = options.listen
         self.name = name
         self.foreign_keys = foreign_keys
         self.global_order = global_order
@@ -130,9 +143,10 @@ class AsyncEventStore(Operations):
         )
         self._connector = AsyncConnector(
             engine,
-            "local" if session_mode_url is not None else ("session" if owns else "restore"),
+            "local" if pooled else ("session" if owns else "restore"),
             runner,
         )
+        self._counters = StoreCounters()
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -156,14 +170,19 @@ class AsyncEventStore(Operations):
             return created
 
     async def close(self) -> None:
-        """Dispose of the engine if the store made it (a shared one is left alone)."""
+        """Stop the subscriptions (checkpoints written, every thread and task the
+        store started ended); dispose of the engine if the store made it (a
+        shared one is left alone)."""
         if self._closed:
             return
         self._closed = True
-        if self._sequencer is not None:
-            await self._sequencer.close()
-        if self._owns_engine:
-            await self._engine.dispose()
+        try:
+            await self._close_subscriptions()
+        finally:
+            if self._sequencer is not None:
+                await self._sequencer.close()
+            if self._owns_engine:
+                await self._engine.dispose()
 
     async def __aenter__(self) -> AsyncEventStore:
         return self
@@ -209,6 +228,10 @@ class AsyncEventStore(Operations):
     ) -> None:
         """Append events to a stream, all or none (as EventStore.append_to_stream)."""
         await self._call(conn, self._append_call(stream_uuid, expected_version, events, timeout))
+        # Plain increments, no lock: see _counters.
+        counters = self._counters
+        counters.appends += 1
+        counters.events_appended += len(events)
         if self._sequencer is not None:
             # global_order="sequencer": number it into $all once committed.
             await self._sequencer.appended(conn)

@@ -3,7 +3,9 @@
 Locks are session-level, so they live on one dedicated connection per store
 (the ``session_mode_url`` when given: PgBouncer in transaction mode cannot hold
 them). The key is the reference's: the ``subscriptions`` table's oid and the
-subscription's id, so this package and the Elixir library exclude each other.
+subscription's id, so this package and the Elixir library exclude each other
+-- and a sync and an async store of this package too: both run these
+statements, each on its own driver (a :class:`LockSession`).
 The server releases every lock when the session ends -- a crashed process
 frees its subscriptions -- and this connection's loss means all locks are lost.
 """
@@ -12,36 +14,62 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 
 from .schema import quote_ident
 
-__all__ = ["AdvisoryLocks"]
+__all__ = ["SET_APPLICATION_NAME", "AdvisoryLocks", "EngineLockSession", "LockSession"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 
 # The reference's two-int key: (subscriptions table oid, subscription id).
+# The casts name every parameter's type, so a driver that prepares the
+# statement server-side (asyncpg) binds the same values as one that does not.
 _KEY = """(
-    CAST(CAST(CAST(%(table)s AS regclass) AS oid) AS int),
-    CAST(CASE WHEN %(id)s > 2147483647 THEN mod(%(id)s, 2147483647) ELSE %(id)s END AS int)
+    CAST(CAST(CAST(CAST(%(table)s AS text) AS regclass) AS oid) AS int),
+    CAST(CASE WHEN CAST(%(id)s AS bigint) > 2147483647
+              THEN mod(CAST(%(id)s AS bigint), 2147483647)
+              ELSE CAST(%(id)s AS bigint) END AS int)
 )"""
 
+SET_APPLICATION_NAME = "SELECT set_config('application_name', %(name)s, false)"
 
-class AdvisoryLocks:
-    """Try-locks on one session connection; reconnects (holding nothing) when lost."""
+
+class LockSession(Protocol):
+    """One session connection for the locks, on whichever driver the store runs."""
+
+    @property
+    def open(self) -> bool:
+        """A connection is open (not closed); it may still turn out dead."""
+        ...
+
+    def connect(self) -> None:
+        """Open a new, named connection (autocommit)."""
+        ...
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Sequence[Any]:
+        """Run a ``%(name)s`` statement; its rows."""
+        ...
+
+    def drop(self) -> None:
+        """Throw the connection away (invalidated), ignoring errors."""
+        ...
+
+    def close(self) -> None:
+        """Close the connection and whatever the session made."""
+        ...
+
+
+class EngineLockSession:
+    """The locks' session on a sync driver: a NullPool engine's one connection."""
 
     def __init__(
-        self,
-        url: URL,
-        schema: str,
-        *,
-        application_name: str,
-        creator: Callable[[], Any] | None = None,
+        self, url: URL, application_name: str, creator: Callable[[], Any] | None = None
     ) -> None:
         # ``creator`` (a new DBAPI connection from the caller's Engine) wins
         # over the URL's connect arguments; either way the session is named.
@@ -54,8 +82,48 @@ class AdvisoryLocks:
             url, poolclass=NullPool, isolation_level="AUTOCOMMIT", **options
         )
         self._application_name = application_name
+        self._conn: Connection | None = None
+
+    @property
+    def open(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    def connect(self) -> None:
+        self._conn = self._engine.connect()
+        self._conn.exec_driver_sql(SET_APPLICATION_NAME, {"name": self._application_name})
+
+    def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Sequence[Any]:
+        assert self._conn is not None
+        result = self._conn.exec_driver_sql(sql, dict(params or {}))
+        return result.all() if result.returns_rows else ()
+
+    def drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:
+                logger.debug("error closing advisory lock connection", exc_info=True)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                logger.debug("error closing advisory lock connection", exc_info=True)
+        self._engine.dispose()
+
+
+class AdvisoryLocks:
+    """Try-locks on one session connection; reconnects (holding nothing) when lost."""
+
+    def __init__(self, session: LockSession, schema: str) -> None:
+        self._session = session
         self._schema = schema
-        self._conn: Any = None
+        # A session was connected and not dropped since: its loss loses the locks.
+        self._live = False
         self._held: set[int] = set()
         self._generation = 0
         self._lock = threading.Lock()
@@ -68,23 +136,20 @@ class AdvisoryLocks:
         """Incremented whenever the session is replaced (all locks were lost)."""
         return self._generation
 
-    def _connection(self) -> Any:
-        if self._conn is None or self._conn.closed:
-            if self._conn is not None:
-                self._lost()
-            self._conn = self._engine.connect()
-            self._conn.exec_driver_sql(
-                "SELECT set_config('application_name', %(name)s, false)",
-                {"name": self._application_name},
-            )
-        return self._conn
+    def _connection(self) -> LockSession:
+        if self._live and not self._session.open:
+            self._lost()  # closed under us
+        if not self._live:
+            self._session.connect()
+            self._live = True
+        return self._session
 
     def _lost(self) -> None:
         if self._held:
             logger.warning("advisory lock connection lost; released %d locks", len(self._held))
         self._held.clear()
         self._generation += 1
-        self._conn = None
+        self._live = False
 
     def try_lock(self, subscription_id: int) -> int | None:
         """Take the subscription's lock if free (or already ours).
@@ -99,17 +164,16 @@ class AdvisoryLocks:
                 return self._generation
             for attempt in (1, 2):
                 try:
-                    conn = self._connection()
-                    got = conn.exec_driver_sql(
+                    rows = self._connection().execute(
                         "SELECT pg_try_advisory_lock" + _KEY, self._params(subscription_id)
-                    ).scalar()
+                    )
                 except Exception:
                     self._drop()
                     if attempt == 2:
                         raise
                     logger.info("advisory lock session failed; retrying on a new one")
                     continue
-                if got:
+                if rows[0][0]:
                     self._held.add(subscription_id)
                     return self._generation
                 return None
@@ -121,7 +185,7 @@ class AdvisoryLocks:
                 return
             self._held.discard(subscription_id)
             try:
-                self._connection().exec_driver_sql(
+                self._connection().execute(
                     "SELECT pg_advisory_unlock" + _KEY, self._params(subscription_id)
                 )
             except Exception:
@@ -130,10 +194,10 @@ class AdvisoryLocks:
 
     def alive(self) -> bool:
         """Check the session still exists (a round trip); False drops every lock."""
-        if self._conn is None:
+        if not self._live:
             return False
         try:
-            self._conn.exec_driver_sql("SELECT 1")
+            self._session.execute("SELECT 1")
             return True
         except Exception:
             self._drop()
@@ -143,12 +207,7 @@ class AdvisoryLocks:
         return subscription_id in self._held
 
     def _drop(self) -> None:
-        try:
-            if self._conn is not None:
-                self._conn.invalidate()
-                self._conn.close()
-        except Exception:
-            logger.debug("error closing advisory lock connection", exc_info=True)
+        self._session.drop()
         self._lost()
 
     def check(self, subscription_ids: list[int]) -> tuple[int, set[int]] | None:
@@ -157,14 +216,14 @@ class AdvisoryLocks:
         lock is released here). None when the session is gone: every lock
         taken on it is lost, whatever generation comes next."""
         with self._lock:
-            if self._conn is None:
+            if not self._live:
                 return None
             try:
-                rows = self._conn.exec_driver_sql(
+                rows = self._session.execute(
                     f"SELECT subscription_id FROM {quote_ident(self._schema)}.subscriptions "
-                    "WHERE subscription_id = ANY(%(ids)s)",
+                    "WHERE subscription_id = ANY(CAST(%(ids)s AS bigint[]))",
                     {"ids": [i for i in subscription_ids if i > 0] or [0]},
-                ).all()
+                )
             except Exception:
                 self._drop()
                 return None
@@ -173,11 +232,6 @@ class AdvisoryLocks:
 
     def close(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                try:
-                    self._conn.close()
-                except Exception:
-                    logger.debug("error closing advisory lock connection", exc_info=True)
-                self._conn = None
+            self._session.close()
+            self._live = False
             self._held.clear()
-            self._engine.dispose()

@@ -38,8 +38,11 @@ __all__ = [
     "list_parked",
     "list_parked_op",
     "park",
+    "park_op",
     "parked_summary",
+    "parked_summary_op",
     "remove_parked",
+    "remove_parked_op",
     "replay_requested",
     "request_replay",
     "request_replay_op",
@@ -76,6 +79,11 @@ def _numbers(event_numbers: Sequence[int] | None) -> list[int] | None:
 
 
 def park(conn: Connection, schema: str, subscription_id: int, rows: Sequence[ParkRow]) -> None:
+    """:func:`park_op` on ``conn``."""
+    run(conn, park_op(schema, subscription_id, rows))
+
+
+def park_op(schema: str, subscription_id: int, rows: Sequence[ParkRow]) -> Op[None]:
     """Park ``rows`` for the subscription, in one statement.
 
     An event parked already stays as it was (ON CONFLICT DO NOTHING: its first
@@ -85,7 +93,7 @@ def park(conn: Connection, schema: str, subscription_id: int, rows: Sequence[Par
     if not rows:
         return
     s = quote_ident(schema)
-    conn.exec_driver_sql(
+    yield Query(
         f"""
 INSERT INTO {s}.parked_events (subscription_id, event_number, event_id, partition_key, reason)
 SELECT %(subscription_id)s, r.event_number, r.event_id, r.partition_key, r.reason
@@ -108,11 +116,9 @@ ON CONFLICT (subscription_id, event_number) DO NOTHING
     )
 
 
-def _refs(
-    conn: Connection, schema: str, subscription_id: int, *, requested: bool
-) -> list[ParkedRef]:
+def _refs(schema: str, subscription_id: int, *, requested: bool) -> Op[list[ParkedRef]]:
     where = "AND replay_requested" if requested else ""
-    rows = conn.exec_driver_sql(
+    rows = yield Query(
         f"""
 SELECT event_number, CAST(event_id AS text), partition_key, replay_requested
 FROM {quote_ident(schema)}.parked_events
@@ -120,35 +126,49 @@ WHERE subscription_id = %(subscription_id)s {where}
 ORDER BY event_number
 """,
         {"subscription_id": subscription_id},
-    ).all()
+    )
     return [ParkedRef(int(row[0]), str(row[1]), row[2], bool(row[3])) for row in rows]
 
 
 def parked_summary(conn: Connection, schema: str, subscription_id: int) -> list[ParkedRef]:
+    """:func:`parked_summary_op` on ``conn``."""
+    return run(conn, parked_summary_op(schema, subscription_id))
+
+
+def parked_summary_op(schema: str, subscription_id: int) -> Op[list[ParkedRef]]:
     """Every parked event of the subscription, in event order."""
-    return _refs(conn, schema, subscription_id, requested=False)
+    return (yield from _refs(schema, subscription_id, requested=False))
 
 
 def replay_requested(conn: Connection, schema: str, subscription_id: int) -> list[ParkedRef]:
     """The subscription's parked events whose replay was requested, in event order."""
-    return _refs(conn, schema, subscription_id, requested=True)
+    return run(conn, _refs(schema, subscription_id, requested=True))
 
 
 def remove_parked(
     conn: Connection, schema: str, subscription_id: int, event_numbers: Sequence[int]
 ) -> int:
+    """:func:`remove_parked_op` on ``conn``."""
+    return run(conn, remove_parked_op(schema, subscription_id, event_numbers))
+
+
+def remove_parked_op(schema: str, subscription_id: int, event_numbers: Sequence[int]) -> Op[int]:
     """Remove the named parked events (replayed and acked); how many were removed."""
     if not event_numbers:
         return 0
-    result = conn.exec_driver_sql(
+    ((count,),) = yield Query(
         f"""
-DELETE FROM {quote_ident(schema)}.parked_events
-WHERE subscription_id = %(subscription_id)s
-  AND event_number = ANY(CAST(%(event_numbers)s AS bigint[]))
+WITH removed AS (
+    DELETE FROM {quote_ident(schema)}.parked_events
+    WHERE subscription_id = %(subscription_id)s
+      AND event_number = ANY(CAST(%(event_numbers)s AS bigint[]))
+    RETURNING 1
+)
+SELECT count(*) FROM removed
 """,
         {"subscription_id": subscription_id, "event_numbers": _numbers(event_numbers)},
     )
-    return int(result.rowcount)
+    return int(count)
 
 
 def _change_and_notify(

@@ -1,4 +1,9 @@
-"""Subscription rows: where each persistent subscription's checkpoint lives."""
+"""Subscription rows: where each persistent subscription's checkpoint lives.
+
+Each statement is an operation (see :mod:`.steps`), so the sync runner and the
+async store's subscriptions run the same SQL; the plain functions run one on a
+sync ``Connection``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,17 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from .schema import quote_ident
+from .steps import Op, Query, run
 
-__all__ = ["SubscriptionRow", "delete_subscription", "store_checkpoint", "subscribe"]
+__all__ = [
+    "SubscriptionRow",
+    "delete_subscription",
+    "delete_subscription_op",
+    "store_checkpoint",
+    "store_checkpoint_op",
+    "subscribe",
+    "subscribe_op",
+]
 
 
 @dataclass(frozen=True)
@@ -20,6 +34,11 @@ class SubscriptionRow:
 def subscribe(
     conn: Connection, schema: str, stream_uuid: str, name: str, start_from: int
 ) -> SubscriptionRow:
+    """:func:`subscribe_op` on ``conn``."""
+    return run(conn, subscribe_op(schema, stream_uuid, name, start_from))
+
+
+def subscribe_op(schema: str, stream_uuid: str, name: str, start_from: int) -> Op[SubscriptionRow]:
     """The subscription's row, created at ``start_from`` when missing.
 
     An existing row wins: its checkpoint is kept and ``start_from`` ignored,
@@ -27,7 +46,7 @@ def subscribe(
     subscription at once agree on one row.
     """
     s = quote_ident(schema)
-    row = conn.exec_driver_sql(
+    (row,) = yield Query(
         f"""
 WITH inserted AS (
     INSERT INTO {s}.subscriptions (stream_uuid, subscription_name, last_seen)
@@ -42,7 +61,7 @@ WHERE stream_uuid = %(stream_uuid)s AND subscription_name = %(name)s
 LIMIT 1
 """,
         {"stream_uuid": stream_uuid, "name": name, "start_from": start_from},
-    ).one()
+    )
     return SubscriptionRow(int(row[0]), int(row[1] or 0))
 
 
@@ -54,6 +73,13 @@ def store_checkpoint(
     *,
     durable: bool = True,
 ) -> bool:
+    """:func:`store_checkpoint_op` on ``conn``."""
+    return run(conn, store_checkpoint_op(schema, subscription_id, last_seen, durable=durable))
+
+
+def store_checkpoint_op(
+    schema: str, subscription_id: int, last_seen: int, *, durable: bool = True
+) -> Op[bool]:
     """Write the checkpoint of the subscription row ``subscription_id``.
 
     By id, not by name: a process still running a subscription that was
@@ -72,7 +98,7 @@ def store_checkpoint(
     asynchronous = (
         "" if durable else "AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
     )
-    row = conn.exec_driver_sql(
+    (row,) = yield Query(
         f"""
 WITH target AS (
     SELECT subscription_id FROM {quote_ident(schema)}.subscriptions
@@ -87,12 +113,18 @@ WITH target AS (
 SELECT (SELECT count(*) FROM target), (SELECT count(*) FROM updated)
 """,
         {"id": subscription_id, "last_seen": last_seen},
-    ).one()
+    )
     return bool(row[0])
 
 
 def delete_subscription(conn: Connection, schema: str, stream_uuid: str, name: str) -> None:
-    conn.exec_driver_sql(
+    """:func:`delete_subscription_op` on ``conn``."""
+    run(conn, delete_subscription_op(schema, stream_uuid, name))
+
+
+def delete_subscription_op(schema: str, stream_uuid: str, name: str) -> Op[None]:
+    """Delete the subscription's row (its parked events cascade); no error when absent."""
+    yield Query(
         f"""DELETE FROM {quote_ident(schema)}.subscriptions
             WHERE stream_uuid = %(stream_uuid)s AND subscription_name = %(name)s""",
         {"stream_uuid": stream_uuid, "name": name},

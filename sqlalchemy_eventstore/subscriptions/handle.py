@@ -18,7 +18,7 @@ from .state import RETRYING, backoff, describe
 if TYPE_CHECKING:
     from .runner import Runner
 
-__all__ = ["Subscription"]
+__all__ = ["Subscription", "Unsubscribed"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 
@@ -27,6 +27,11 @@ Handler = Callable[[list[Any]], Any]
 # Batches withdrawn at a lock loss that the subscriber may still ack (quietly
 # ignored); beyond this many the oldest are forgotten (their acks then raise).
 _MAX_STALE = 10_000
+
+
+class Unsubscribed(TimeoutError):
+    """``receive`` on a subscriber that is unsubscribed (or whose store closed):
+    a TimeoutError, as nothing will ever arrive; ``async for`` ends on it."""
 
 
 @dataclass(eq=False)
@@ -191,13 +196,20 @@ class Subscription:
                 item = self._mailbox.get(timeout=timeout)
             except queue.Empty:
                 raise TimeoutError(f"no events within {timeout} s") from None
-            if item is None:
-                self._mailbox.put(None)  # stays unsubscribed: later calls time out too
-                raise TimeoutError("this subscriber is unsubscribed")
-            batch, epoch, _ = item
-            if epoch == self._epoch or self._plain_transient:
+            batch = self._accept(item)
+            if batch is not None:
                 return batch
-            # From a lifetime that ended (a lost lock): withdrawn, skip it.
+
+    def _accept(self, item: tuple[list[Any], int, list[int]] | None) -> list[Any] | None:
+        """The batch of a mailbox item, None for a withdrawn one; raises
+        :class:`Unsubscribed` at the stop mark (kept for later calls)."""
+        if item is None:
+            self._mailbox.put(None)  # stays unsubscribed: later calls time out too
+            raise Unsubscribed("this subscriber is unsubscribed")
+        batch, epoch, _ = item
+        if epoch == self._epoch or self._plain_transient:
+            return batch
+        return None  # from a lifetime that ended (a lost lock): withdrawn, skip it
 
     def _resolve(self, events: Any) -> tuple[int, int] | None:
         """(epoch, event_number) the ack means; None for an empty batch."""
@@ -345,7 +357,7 @@ class Subscription:
         attempts = 0
         while self._live(epoch):
             try:
-                self.handler(batch)  # type: ignore[misc]
+                self._invoke(batch)
             except Exception as error:
                 attempts += 1
                 if self._last_error is None or describe(self._last_error) != describe(error):
@@ -373,6 +385,11 @@ class Subscription:
             self._parked_error = None
             return True
         return None
+
+    def _invoke(self, batch: list[Any]) -> None:
+        """Call the handler with ``batch`` on this worker thread (the async
+        API's handle awaits an async handler on its event loop instead)."""
+        self.handler(batch)  # type: ignore[misc]
 
     def _handle(self, batch: list[Any], epoch: int, numbers: list[int]) -> None:
         if self._taken_back:

@@ -65,7 +65,7 @@ class LockSupervision(Metrics):
     def _refuse(self, sub: Persistent) -> None:
         """The session URL turned out to be a transaction-mode pooler: a lock
         taken there would not hold, so the subscription never starts."""
-        error = session_needed(self._backend.session_url.render_as_string(hide_password=True))
+        error = session_needed(self._backend.session_label)
         sub.next_attempt = float("inf")
         self._set_status(sub, DISCONNECTED)
         for handle in sub.handles:

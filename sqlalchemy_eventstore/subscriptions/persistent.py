@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
-
 from ..storage import parked as parked_rows
 from ..storage import subscriptions as rows
-from ..storage.connection import connection
 from .options import PersistentOptions
 from .reading import Backend, Unreadable
 from .state import ParkRequest, SubscriptionState
@@ -28,7 +23,7 @@ from .state import ParkRequest, SubscriptionState
 if TYPE_CHECKING:
     from .handle import Subscription
 
-__all__ = ["Persistent", "with_fresh_connection"]
+__all__ = ["Persistent"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
 T = TypeVar("T")
@@ -84,28 +79,10 @@ class Persistent:
         return -(zlib.crc32(f"{self.stream_uuid}\x00{self.name}".encode()) & 0x7FFFFFFF) - 1
 
 
-def with_fresh_connection(backend: Backend, work: Callable[[Connection], T]) -> T:
-    """Run ``work`` in a transaction, once more at once should the pooled
-    connection turn out dead (a restarted server, a terminated backend): the
-    pool has discarded it by then, so the retry gets a new one."""
-    for attempt in (1, 2):
-        try:
-            with backend.engine.begin() as conn:
-                return work(conn)
-        except DBAPIError as error:
-            if attempt == 2 or not error.connection_invalidated:
-                raise
-            logger.info("stale pooled connection; retrying at once")
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def read_row(backend: Backend, sub: Persistent) -> rows.SubscriptionRow:
     """The subscription's row, created at ``start_from`` when missing."""
-    return with_fresh_connection(
-        backend,
-        lambda conn: rows.subscribe(
-            conn, backend.schema, sub.stream_uuid, sub.name, sub.options.start_from
-        ),
+    return backend.io.transact(
+        lambda: rows.subscribe_op(backend.schema, sub.stream_uuid, sub.name, sub.options.start_from)
     )
 
 
@@ -113,16 +90,9 @@ def write_checkpoint(backend: Backend, sub: Persistent, position: int, *, durabl
     """Write the checkpoint by id; False when the row is gone (deleted)."""
     subscription_id = sub.subscription_id
     assert subscription_id is not None
-    for attempt in (1, 2):
-        try:
-            with connection(backend.engine, None, transaction=False) as conn:
-                return rows.store_checkpoint(
-                    conn, backend.schema, subscription_id, position, durable=durable
-                )
-        except DBAPIError as error:  # a dead pooled connection: once more, on a new one
-            if attempt == 2 or not error.connection_invalidated:
-                raise
-    raise AssertionError("unreachable")  # pragma: no cover
+    return backend.io.autocommit(
+        lambda: rows.store_checkpoint_op(backend.schema, subscription_id, position, durable=durable)
+    )
 
 
 def park(backend: Backend, sub: Persistent, requests: list[ParkRequest]) -> None:
@@ -140,9 +110,7 @@ def park(backend: Backend, sub: Persistent, requests: list[ParkRequest]) -> None
         for r in requests
     ]
     subscription_id = sub.subscription_id
-    with_fresh_connection(
-        backend, lambda conn: parked_rows.park(conn, backend.schema, subscription_id, park_rows)
-    )
+    backend.io.transact(lambda: parked_rows.park_op(backend.schema, subscription_id, park_rows))
     for request in requests:
         what = "unreadable event" if isinstance(request.event, Unreadable) else "event"
         logger.warning(
@@ -160,11 +128,8 @@ def load_parked(backend: Backend, sub: Persistent) -> tuple[dict[str, int], list
     if sub.transient or sub.subscription_id is None:
         return {}, []
     subscription_id = sub.subscription_id
-
-    def load(conn: Connection) -> Any:
-        return parked_rows.parked_summary(conn, backend.schema, subscription_id)
-
-    refs = with_fresh_connection(backend, load)
+    schema = backend.schema
+    refs = backend.io.transact(lambda: parked_rows.parked_summary_op(schema, subscription_id))
     sub.parked_count = len(refs)
     blocked: dict[str, int] = {}
     for ref in refs:
@@ -178,8 +143,7 @@ def unpark(backend: Backend, sub: Persistent, numbers: list[int]) -> None:
     if sub.transient or sub.subscription_id is None or not numbers:
         return
     subscription_id = sub.subscription_id
-    removed = with_fresh_connection(
-        backend,
-        lambda conn: parked_rows.remove_parked(conn, backend.schema, subscription_id, numbers),
+    removed = backend.io.transact(
+        lambda: parked_rows.remove_parked_op(backend.schema, subscription_id, numbers)
     )
     sub.parked_count = max(0, sub.parked_count - removed)

@@ -20,28 +20,14 @@ stream is read from storage, not lost.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from ..notifications.payload import Notification
-from ..storage.polls import parked_counts, stream_versions
+from ..storage.polls import parked_counts_op, stream_versions_op
 from .metrics import Metrics
-from .reading import Backend
 
-__all__ = ["Polling", "probe_notify"]
+__all__ = ["Polling"]
 
 logger = logging.getLogger("sqlalchemy_eventstore.subscriptions")
-
-
-def probe_notify(backend: Backend) -> Callable[[str], None]:
-    """A function sending an empty NOTIFY on a channel through the store's pool
-    (the listener's check that LISTEN holds)."""
-
-    def probe(channel: str) -> None:
-        with backend.engine.connect() as conn:
-            conn.exec_driver_sql("SELECT pg_notify(%(channel)s, '')", {"channel": channel})
-            conn.commit()
-
-    return probe
 
 
 class Polling(Metrics):
@@ -107,10 +93,9 @@ class Polling(Metrics):
     ) -> tuple[dict[str, int] | None, dict[int, tuple[int, int]] | None]:
         """The versions of ``streams`` and the parked counts of ``ids``; None
         for what could not be read (logged once per change of error)."""
-        engine, schema = self._backend.engine, self._backend.schema
+        io, schema = self._backend.io, self._backend.schema
         try:
-            with engine.connect() as conn:
-                versions = stream_versions(conn, schema, streams)
+            versions = io.read(lambda: stream_versions_op(schema, streams))
         except Exception as error:
             summary = f"{type(error).__name__}: {error}"
             if summary != self._poll_error:
@@ -121,8 +106,7 @@ class Polling(Metrics):
         parked: dict[int, tuple[int, int]] | None = None
         if ids:
             try:
-                with engine.connect() as conn:
-                    parked = parked_counts(conn, schema, ids)
+                parked = io.read(lambda: parked_counts_op(schema, ids))
             except Exception as error:  # a schema without the parked_events table
                 logger.debug("could not poll parked events: %s", error)
         return versions, parked

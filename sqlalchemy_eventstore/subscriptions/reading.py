@@ -1,9 +1,10 @@
 """What the subscription runner needs from storage, and nothing of the store facade.
 
-:class:`Backend` is the runner's narrow interface: an engine, the schema and
-its statements, the serializer and where the session connections (LISTEN,
-advisory locks) go. The store builds one; the import graph points from the
-store to the subscriptions, never back.
+:class:`Backend` is the runner's narrow interface: its way to the database
+(a :class:`~.io.StorageIO`: the sync store's engine, or the async store's
+loop), the schema and its statements, the serializer and the retry interval.
+The store builds one; the import graph points from the stores to the
+subscriptions, never back.
 
 Reads here deserialize each event on its own: an event the serializer cannot
 read comes back as an :class:`Unreadable` carrying the error and the stored
@@ -17,15 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.engine import URL
-
 from .._types import RecordedEvent
 from ..errors import StreamDeletedError, StreamNotFoundError
 from ..serializers import Serializer
 from ..storage import reader
 from ..storage.sql import Statements
-from ..storage.steps import run
+from .io import StorageIO
 
 __all__ = ["Backend", "Unreadable", "convert", "current_version", "fetch_rows", "read_page"]
 
@@ -45,13 +43,10 @@ class Unreadable:
 class Backend:
     """The storage side of subscriptions."""
 
-    engine: Engine
+    io: StorageIO
     schema: str
     statements: Statements
     serializer: Serializer
-    # Where LISTEN and the advisory locks connect, and how (None: from the URL).
-    session_url: URL
-    session_creator: Callable[[], Any] | None
     retry_interval: float
     # global_order="sequencer": asks the store to number waiting appends into
     # $all soon, off the runner's thread (None in lock mode).
@@ -60,6 +55,8 @@ class Backend:
     # to poll from the start (None: LISTEN, unless it turns out not to hold).
     poll_interval: float = 1.0
     polling_reason: str | None = None
+    # Where LISTEN and the advisory locks connect, for messages (no password).
+    session_label: str = "the session URL"
 
 
 def _convert(row: Any, serializer: Serializer) -> RecordedEvent | Unreadable:
@@ -79,13 +76,13 @@ def fetch_rows(backend: Backend, stream_uuid: str, start: int, count: int) -> li
     """Up to ``count`` raw rows from ``start`` on (for :func:`convert`); a
     missing or deleted stream has none. Safe on any thread: the catch-up
     reads the next page with it while the current one is being delivered."""
-    with backend.engine.connect() as conn:
-        try:
-            return reader.read_rows(
-                conn, backend.statements, stream_uuid, start, count, forward=True
-            )
-        except (StreamNotFoundError, StreamDeletedError):
-            return []
+    statements = backend.statements
+    try:
+        return backend.io.read(
+            lambda: reader.read_rows_op(statements, stream_uuid, start, count, forward=True)
+        )
+    except (StreamNotFoundError, StreamDeletedError):
+        return []
 
 
 def convert(rows: list[Any], serializer: Serializer) -> list[RecordedEvent | Unreadable]:
@@ -112,9 +109,8 @@ def read_events(backend: Backend, stream_uuid: str, numbers: list[int]) -> list[
 
 def current_version(backend: Backend, stream_uuid: str) -> int:
     """The stream's version (the head of ``$all``); 0 when missing or deleted."""
-    with backend.engine.connect() as conn:
-        try:
-            info = run(conn, reader.stream_info(backend.statements, stream_uuid))
-            return info.stream_version
-        except (StreamNotFoundError, StreamDeletedError):
-            return 0
+    try:
+        info = backend.io.read(lambda: reader.stream_info(backend.statements, stream_uuid))
+        return info.stream_version
+    except (StreamNotFoundError, StreamDeletedError):
+        return 0

@@ -23,15 +23,13 @@ from typing import Any, TypeVar
 
 from .._types import ALL_STREAM, RecordedEvent
 from ..errors import AlreadySubscribedError, SubscriptionAlreadyExistsError, TooManySubscribersError
-from ..notifications.listener import Listener
 from ..notifications.publisher import Publisher
-from ..storage.locks import AdvisoryLocks
 from .handle import Handler, Subscription
 from .inbox import Inbox, Taken
 from .locking import LockSupervision, session_needed
 from .options import PersistentOptions
 from .persistent import Persistent
-from .polling import Polling, probe_notify
+from .polling import Polling
 from .reading import Backend, current_version, read_page
 from .serving import CHECKPOINT_INTERVAL
 from .state import backoff, describe
@@ -58,11 +56,20 @@ MAX_SLEEP = 1.0
 SEQUENCE_INTERVAL = 0.5
 
 
-class Runner(LockSupervision, Polling):
-    """Drives the subscriptions of one store (started on the first subscribe)."""
+#: Makes a subscriber's handle; takes Subscription's arguments.
+HandleFactory = Callable[..., Subscription]
 
-    def __init__(self, backend: Backend) -> None:
+
+class Runner(LockSupervision, Polling):
+    """Drives the subscriptions of one store (started on the first subscribe).
+
+    ``handle_factory`` makes each subscriber's handle: the async API's
+    subclass of :class:`Subscription` wakes its event loop at each delivery.
+    """
+
+    def __init__(self, backend: Backend, handle_factory: HandleFactory = Subscription) -> None:
         self._backend = backend
+        self._new_handle = handle_factory
         self._inbox = Inbox()
         self._persistent: dict[Key, Persistent] = {}
         self._publisher = Publisher(
@@ -70,23 +77,15 @@ class Runner(LockSupervision, Polling):
             lambda s: current_version(backend, s),
             self,
         )
-        self._listener = Listener(
-            backend.session_url,
+        self._listener = backend.io.listener(
             backend.schema,
             on_notification=self._inbox.notify,
             on_reconnect=self._inbox.reconnected,
             on_parked=self._inbox.parked,
             name=f"eventstore-listener-{backend.schema}",
-            creator=backend.session_creator,
-            probe=probe_notify(backend),
             polling_reason=backend.polling_reason,
         )
-        self._locks = AdvisoryLocks(
-            backend.session_url,
-            backend.schema,
-            application_name=f"eventstore-locks-{backend.schema}",
-            creator=backend.session_creator,
-        )
+        self._locks = backend.io.locks(backend.schema, f"eventstore-locks-{backend.schema}")
         self._stopping = False
         # Reads ahead the next page of catching-up subscriptions (serving._read).
         self._reader = ThreadPoolExecutor(
@@ -189,7 +188,7 @@ class Runner(LockSupervision, Polling):
     ) -> Subscription:
         if not self._listener.wait_listening(30):
             raise TimeoutError("the notification listener could not connect")
-        handle = Subscription(
+        handle = self._new_handle(
             self,
             (stream_uuid, ""),
             stream_uuid=stream_uuid,
@@ -219,8 +218,8 @@ class Runner(LockSupervision, Polling):
         # listener's first connection finds out): advisory locks cannot hold.
         self._listener.wait_first_attempt(30)
         if self._listener.session_pooled:
-            raise session_needed(self._backend.session_url.render_as_string(hide_password=True))
-        handle = Subscription(
+            raise session_needed(self._backend.session_label)
+        handle = self._new_handle(
             self,
             key,
             stream_uuid=stream_uuid,

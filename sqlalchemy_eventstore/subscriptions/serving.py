@@ -13,11 +13,11 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .._types import RecordedEvent
-from ..notifications.listener import Listener
 from ..notifications.publisher import Publisher
 from ..storage.locks import AdvisoryLocks
 from . import persistent as io
 from .inbox import Inbox
+from .io import ListenerLike
 from .persistent import Persistent
 from .reading import Backend, Unreadable, convert, fetch_rows, read_events
 from .state import UNSUBSCRIBED, describe
@@ -40,7 +40,7 @@ class Serving:
     _backend: Backend
     _persistent: dict[Key, Persistent]
     _locks: AdvisoryLocks
-    _listener: Listener
+    _listener: ListenerLike
     _mutex: Any  # a threading.RLock
     _inbox: Inbox
     _publisher: Publisher
