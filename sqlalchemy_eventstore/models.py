@@ -16,7 +16,7 @@ number of stores side by side. Query them the same way::
 (:func:`sqlalchemy_eventstore.models.metadata_for` builds that variant).
 
 Beyond the reference's tables, :data:`ADDITION_TABLES` names this package's own
-additions (``parked_events``, ``unsequenced``): the reference never reads them, and they are
+additions (``parked_events``, ``unsequenced``, ``sequencer_state``): the reference never reads them, and they are
 created apart from its layout (``storage.schema.additions_ddl``).
 """
 
@@ -26,8 +26,10 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -49,6 +51,7 @@ __all__ = [
     "Event",
     "ParkedEventRow",
     "SchemaMigration",
+    "SequencerState",
     "Snapshot",
     "Stream",
     "StreamEvent",
@@ -214,9 +217,34 @@ class UnsequencedRow(Base):
     last_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class SequencerState(Base):
+    """How far the sequencer has numbered the queue (``global_order="sequencer"``);
+    not the reference's. One row.
+
+    ``numbered_through``: every queue row up to this ``seq`` was numbered or
+    was invisible when passed; those invisible ones are ``gaps``, each with a
+    transaction id (``gap_horizons``, NULL: this row version's own ``xmin``)
+    below which its writer's transaction lies. A gap is looked up until found
+    committed or until every transaction below its horizon has ended. So the
+    sequencer never walks numbered queue rows (see ``storage.sequencer_sql``).
+    """
+
+    __tablename__ = "sequencer_state"
+    __table_args__ = (CheckConstraint("id", name="sequencer_state_one_row"),)
+
+    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    numbered_through: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    gaps: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), nullable=False, server_default=text("'{}'")
+    )
+    gap_horizons: Mapped[list[int | None]] = mapped_column(
+        ARRAY(BigInteger), nullable=False, server_default=text("'{}'")
+    )
+
+
 #: This package's own tables, beside the reference's (created by
 #: ``storage.schema.additions_ddl``, never by the reference's layout).
-ADDITION_TABLES: frozenset[str] = frozenset({"parked_events", "unsequenced"})
+ADDITION_TABLES: frozenset[str] = frozenset({"parked_events", "sequencer_state", "unsequenced"})
 
 
 def metadata_for(
