@@ -218,7 +218,19 @@ ADDITION_COLUMNS["unsequenced"] = [
     ("last_version", "bigint", "NO", None),
 ]
 
+ADDITION_COLUMNS["sequencer_state"] = [
+    ("id", "boolean", "NO", "true"),
+    ("numbered_through", "bigint", "NO", None),
+    ("gaps", "ARRAY", "NO", "'{}'::bigint[]"),
+    ("gap_horizons", "ARRAY", "NO", "'{}'::bigint[]"),
+]
+
 ADDITION_INDEXES = {
+    (
+        "sequencer_state",
+        "sequencer_state_pkey",
+        "CREATE UNIQUE INDEX sequencer_state_pkey ON sequencer_state USING btree (id)",
+    ),
     (
         "unsequenced",
         "unsequenced_pkey",
@@ -259,6 +271,8 @@ ADDITION_TRIGGERS = {
 }
 
 ADDITION_CONSTRAINTS = {
+    ("sequencer_state", "sequencer_state_pkey", "PRIMARY KEY (id)"),
+    ("sequencer_state", "sequencer_state_one_row", "CHECK (id)"),
     ("unsequenced", "unsequenced_pkey", "PRIMARY KEY (seq)"),
     ("parked_events", "parked_events_pkey", "PRIMARY KEY (subscription_id, event_number)"),
     (

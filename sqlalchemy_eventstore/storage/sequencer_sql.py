@@ -114,8 +114,10 @@ def _waiting_probe(s: str) -> str:
 
 # Every function reading the queue plans with index scans only: a sequential
 # scan would walk the numbered rows that a long-running transaction elsewhere
-# keeps from being vacuumed -- the very cost the state row avoids.
-_INDEX_ONLY = "SET enable_seqscan = off"
+# keeps from being vacuumed -- the very cost the state row avoids. Without JIT:
+# disabling sequential scans inflates the one-row state table's plan cost past
+# jit_above_cost, and compiling it would cost milliseconds per call.
+_INDEX_ONLY = "SET enable_seqscan = off SET jit = off"
 
 
 def _link_waiting_function(s: str) -> str:
