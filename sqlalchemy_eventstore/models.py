@@ -29,7 +29,6 @@ from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
-    CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
@@ -219,8 +218,12 @@ class UnsequencedRow(Base):
 
 class SequencerState(Base):
     """How far the sequencer has numbered the queue (``global_order="sequencer"``);
-    not the reference's. One row.
+    not the reference's.
 
+    One live row, the highest ``run``: each numbering run inserts the next and
+    deletes the one it read, so reading the state is one backward index step
+    to a live row, however many runs a long-running transaction keeps from
+    being vacuumed (an updated row would make every reader walk its versions).
     ``numbered_through``: every queue row up to this ``seq`` was numbered or
     was invisible when passed; those invisible ones are ``gaps``, each with a
     transaction id (``gap_horizons``, NULL: this row version's own ``xmin``)
@@ -230,9 +233,8 @@ class SequencerState(Base):
     """
 
     __tablename__ = "sequencer_state"
-    __table_args__ = (CheckConstraint("id", name="sequencer_state_one_row"),)
 
-    id: Mapped[bool] = mapped_column(Boolean, primary_key=True, server_default=text("true"))
+    run: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     numbered_through: Mapped[int] = mapped_column(BigInteger, nullable=False)
     gaps: Mapped[list[int]] = mapped_column(
         ARRAY(BigInteger), nullable=False, server_default=text("'{}'")

@@ -219,7 +219,7 @@ ADDITION_COLUMNS["unsequenced"] = [
 ]
 
 ADDITION_COLUMNS["sequencer_state"] = [
-    ("id", "boolean", "NO", "true"),
+    ("run", "bigint", "NO", None),
     ("numbered_through", "bigint", "NO", None),
     ("gaps", "ARRAY", "NO", "'{}'::bigint[]"),
     ("gap_horizons", "ARRAY", "NO", "'{}'::bigint[]"),
@@ -229,7 +229,7 @@ ADDITION_INDEXES = {
     (
         "sequencer_state",
         "sequencer_state_pkey",
-        "CREATE UNIQUE INDEX sequencer_state_pkey ON sequencer_state USING btree (id)",
+        "CREATE UNIQUE INDEX sequencer_state_pkey ON sequencer_state USING btree (run)",
     ),
     (
         "unsequenced",
@@ -271,8 +271,7 @@ ADDITION_TRIGGERS = {
 }
 
 ADDITION_CONSTRAINTS = {
-    ("sequencer_state", "sequencer_state_pkey", "PRIMARY KEY (id)"),
-    ("sequencer_state", "sequencer_state_one_row", "CHECK (id)"),
+    ("sequencer_state", "sequencer_state_pkey", "PRIMARY KEY (run)"),
     ("unsequenced", "unsequenced_pkey", "PRIMARY KEY (seq)"),
     ("parked_events", "parked_events_pkey", "PRIMARY KEY (subscription_id, event_number)"),
     (

@@ -83,12 +83,12 @@ DO $eventstore$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM {s}.{STATE_TABLE}) THEN
     LOCK TABLE {s}.{QUEUE_TABLE} IN SHARE MODE;
-    INSERT INTO {s}.{STATE_TABLE} (id, numbered_through)
-    SELECT true, coalesce(
+    INSERT INTO {s}.{STATE_TABLE} (run, numbered_through)
+    SELECT 0, coalesce(
       (SELECT min(seq) - 1 FROM {s}.{QUEUE_TABLE}),
       (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
        FROM {s}.{QUEUE_TABLE}_seq_seq))
-    ON CONFLICT (id) DO NOTHING;
+    ON CONFLICT (run) DO NOTHING;
   END IF;
 END;
 $eventstore$
@@ -102,7 +102,8 @@ def _waiting_probe(s: str) -> str:
     (rows there are waiting or in flight), and one per gap.
     """
     return f"""
-  SELECT numbered_through, gaps INTO v_nt, v_gaps FROM {s}.{STATE_TABLE};
+  SELECT numbered_through, gaps INTO v_nt, v_gaps
+  FROM {s}.{STATE_TABLE} ORDER BY run DESC LIMIT 1;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'EventStore: the sequencer_state row is missing (run init or migrate)';
   END IF;
@@ -125,6 +126,7 @@ def _link_waiting_function(s: str) -> str:
 CREATE OR REPLACE FUNCTION {s}.eventstore_link_waiting()
   RETURNS trigger AS $$
 DECLARE
+  v_run bigint;
   v_nt bigint;
   v_gaps bigint[];
   v_horizons bigint[];
@@ -155,9 +157,9 @@ BEGIN
   -- queue order, each append's events in stream order. Rows of appends not
   -- committed yet are invisible here and wait for a later run. Only rows
   -- above numbered_through and at the gaps are visited.
-  SELECT numbered_through, gaps, gap_horizons, xmin
-  INTO v_nt, v_gaps, v_horizons, row_xid
-  FROM {s}.{STATE_TABLE};
+  SELECT run, numbered_through, gaps, gap_horizons, xmin
+  INTO v_run, v_nt, v_gaps, v_horizons, row_xid
+  FROM {s}.{STATE_TABLE} ORDER BY run DESC LIMIT 1;
   WITH taken AS (
     DELETE FROM {s}.{QUEUE_TABLE}
     WHERE seq > v_nt OR seq = ANY(v_gaps)
@@ -226,23 +228,25 @@ BEGIN
   SELECT coalesce(array_agg(f ORDER BY f), '{{}}') INTO fresh_gaps
   FROM (SELECT generate_series(v_nt + 1, new_nt) EXCEPT SELECT unnest(taken_seqs)) AS f(f);
 
+  -- The next state row replaces the one read (see models.SequencerState).
   IF cardinality(fresh_gaps) > 0 THEN
-    -- Written in a subtransaction: the row version's xmin is then a
-    -- transaction id assigned now, after the snapshot -- the new gaps'
-    -- horizon (NULL until the next run reads it).
+    -- Written in a subtransaction: the row's xmin is then a transaction id
+    -- assigned now, after the snapshot -- the new gaps' horizon (NULL until
+    -- the next run reads it).
     BEGIN
-      UPDATE {s}.{STATE_TABLE}
-      SET numbered_through = new_nt,
-          gaps = kept_gaps || fresh_gaps,
-          gap_horizons = kept_horizons
-            || array_fill(CAST(NULL AS bigint), ARRAY[cardinality(fresh_gaps)]);
+      INSERT INTO {s}.{STATE_TABLE} (run, numbered_through, gaps, gap_horizons)
+      VALUES (v_run + 1, new_nt, kept_gaps || fresh_gaps,
+              kept_horizons
+                || array_fill(CAST(NULL AS bigint), ARRAY[cardinality(fresh_gaps)]));
     EXCEPTION WHEN OTHERS THEN
       RAISE;
     END;
+    DELETE FROM {s}.{STATE_TABLE} WHERE run = v_run;
   ELSIF new_nt <> v_nt OR kept_gaps IS DISTINCT FROM v_gaps
         OR kept_horizons IS DISTINCT FROM v_horizons THEN
-    UPDATE {s}.{STATE_TABLE}
-    SET numbered_through = new_nt, gaps = kept_gaps, gap_horizons = kept_horizons;
+    INSERT INTO {s}.{STATE_TABLE} (run, numbered_through, gaps, gap_horizons)
+    VALUES (v_run + 1, new_nt, kept_gaps, kept_horizons);
+    DELETE FROM {s}.{STATE_TABLE} WHERE run = v_run;
   END IF;
 
   IF linked = 0 AND NEW.stream_version = OLD.stream_version THEN
