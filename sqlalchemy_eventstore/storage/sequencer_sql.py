@@ -113,12 +113,16 @@ def _waiting_probe(s: str) -> str:
   END IF;"""
 
 
-# Every function reading the queue plans with index scans only: a sequential
-# scan would walk the numbered rows that a long-running transaction elsewhere
-# keeps from being vacuumed -- the very cost the state row avoids. Without JIT:
-# disabling sequential scans inflates the one-row state table's plan cost past
-# jit_above_cost, and compiling it would cost milliseconds per call.
-_INDEX_ONLY = "SET enable_seqscan = off SET jit = off"
+# Every function reading the queue plans with index lookups only: a
+# sequential scan, or a hash or merge join reading a whole table, would walk
+# the row versions that a long-running transaction elsewhere keeps from being
+# vacuumed -- numbered queue rows, and the streams' old versions (the batch's
+# streams are looked up one by one instead). Without JIT: disabling those
+# plans inflates their estimated cost past jit_above_cost, and compiling them
+# would cost milliseconds per call.
+_INDEX_ONLY = (
+    "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off"
+)
 
 
 def _link_waiting_function(s: str) -> str:
