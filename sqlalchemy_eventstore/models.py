@@ -16,8 +16,9 @@ number of stores side by side. Query them the same way::
 (:func:`sqlalchemy_eventstore.models.metadata_for` builds that variant).
 
 Beyond the reference's tables, :data:`ADDITION_TABLES` names this package's own
-additions (``parked_events``, ``unsequenced``, ``sequencer_state``): the reference never reads them, and they are
-created apart from its layout (``storage.schema.additions_ddl``).
+additions (``parked_events``, ``unsequenced``, ``sequencer_state``): the reference
+never reads them, and they are created apart from its layout
+(``storage.schema.additions_ddl``).
 """
 
 from __future__ import annotations

@@ -21,6 +21,23 @@ How the pieces fit:
   which fires the trigger. Anyone may call it at any time, any number of
   times: readers of ``$all`` do, appenders after their commit do.
 
+* Neither ever walks numbered queue rows, which a long-running transaction
+  anywhere in the cluster keeps from being vacuumed. ``<schema>.sequencer_state``
+  holds ``numbered_through`` (every seq up to it is numbered or a *gap*) and
+  the gaps: seqs invisible when a run passed them, each with a horizon, a
+  transaction id assigned after that run's snapshot. A probe is one index
+  descent above ``numbered_through`` plus one lookup per gap, and a run
+  deletes (numbers) only those rows. A gap's writer took its seq after its own
+  transaction id and before a higher seq that run saw committed, so before the
+  snapshot: once a snapshot's xmin passes the horizon, the writer has ended --
+  committed, its row is visible to that snapshot and numbered by it; if not,
+  the gap is dropped. (``pg_snapshot_xmax`` would not do as the horizon: it is
+  one past the latest *completed* id, and a writer's may be higher.) The
+  horizon is the xmin of the state row written in a subtransaction, read back
+  by the next run. Each run inserts the next state row and deletes the one it
+  read: reading the newest is one backward index step, where updating one row
+  would leave a chain of versions for every reader to walk.
+
 Both functions are PL/pgSQL and VOLATILE on purpose: in READ COMMITTED each of
 their statements takes a fresh snapshot, so they see every append committed
 before they run -- even one that committed after the calling statement began
