@@ -16,8 +16,9 @@ number of stores side by side. Query them the same way::
 (:func:`sqlalchemy_eventstore.models.metadata_for` builds that variant).
 
 Beyond the reference's tables, :data:`ADDITION_TABLES` names this package's own
-additions (``parked_events``, ``unsequenced``): the reference never reads them, and they are
-created apart from its layout (``storage.schema.additions_ddl``).
+additions (``parked_events``, ``unsequenced``, ``sequencer_state``): the reference
+never reads them, and they are created apart from its layout
+(``storage.schema.additions_ddl``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import uuid
 from datetime import datetime
 
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Boolean,
     DateTime,
@@ -49,6 +51,7 @@ __all__ = [
     "Event",
     "ParkedEventRow",
     "SchemaMigration",
+    "SequencerState",
     "Snapshot",
     "Stream",
     "StreamEvent",
@@ -214,9 +217,37 @@ class UnsequencedRow(Base):
     last_version: Mapped[int] = mapped_column(BigInteger, nullable=False)
 
 
+class SequencerState(Base):
+    """How far the sequencer has numbered the queue (``global_order="sequencer"``);
+    not the reference's.
+
+    One live row, the highest ``run``: each numbering run inserts the next and
+    deletes the one it read, so reading the state is one backward index step
+    to a live row, however many runs a long-running transaction keeps from
+    being vacuumed (an updated row would make every reader walk its versions).
+    ``numbered_through``: every queue row up to this ``seq`` was numbered or
+    was invisible when passed; those invisible ones are ``gaps``, each with a
+    transaction id (``gap_horizons``, NULL: this row version's own ``xmin``)
+    below which its writer's transaction lies. A gap is looked up until found
+    committed or until every transaction below its horizon has ended. So the
+    sequencer never walks numbered queue rows (see ``storage.sequencer_sql``).
+    """
+
+    __tablename__ = "sequencer_state"
+
+    run: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    numbered_through: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    gaps: Mapped[list[int]] = mapped_column(
+        ARRAY(BigInteger), nullable=False, server_default=text("'{}'")
+    )
+    gap_horizons: Mapped[list[int | None]] = mapped_column(
+        ARRAY(BigInteger), nullable=False, server_default=text("'{}'")
+    )
+
+
 #: This package's own tables, beside the reference's (created by
 #: ``storage.schema.additions_ddl``, never by the reference's layout).
-ADDITION_TABLES: frozenset[str] = frozenset({"parked_events", "unsequenced"})
+ADDITION_TABLES: frozenset[str] = frozenset({"parked_events", "sequencer_state", "unsequenced"})
 
 
 def metadata_for(

@@ -121,7 +121,7 @@ REFERENCE_TABLES = {
     "schema_migrations",
 }
 # This package's own additions, beside the reference's tables.
-ADDITION_TABLES = {"parked_events", "unsequenced"}
+ADDITION_TABLES = {"parked_events", "sequencer_state", "unsequenced"}
 EVENTSTORE_TABLES = REFERENCE_TABLES | ADDITION_TABLES
 REFERENCE_FUNCTIONS = {"event_store_exception", "event_store_delete", "notify_events"}
 # The sequencer's (global_order="sequencer"), also additions.
@@ -170,7 +170,7 @@ def make_reference_v1_3_2(conn: Connection, schema: str) -> None:
     conn.exec_driver_sql(f'DROP TABLE "{schema}".parked_events')
     for statement in drop_sequencer_ddl(schema, notification_trigger_ddl(schema)):
         conn.exec_driver_sql(statement)
-    conn.exec_driver_sql(f'DROP TABLE "{schema}".unsequenced')
+    conn.exec_driver_sql(f'DROP TABLE "{schema}".unsequenced, "{schema}".sequencer_state')
 
 
 def make_reference_layout(conn: Connection, schema: str, version: tuple[int, int, int]) -> None:

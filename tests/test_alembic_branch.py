@@ -540,7 +540,10 @@ def test_offline_sql_of_the_additions_revision(tmp_path: Path, fresh_database: U
         Config(str(ini), output_buffer=buffer), f"{HEAD_REVISION}:{BASE_REVISION}", sql=True
     )
     downgrade = buffer.getvalue()
-    assert 'DROP TABLE IF EXISTS "offline".parked_events, "offline".unsequenced;' in downgrade
+    assert (
+        'DROP TABLE IF EXISTS "offline".parked_events, "offline".sequencer_state, '
+        '"offline".unsequenced;' in downgrade
+    )
     assert "streams" not in downgrade.split("parked_events")[-1]
     # The reference's notification trigger is put back without the WHEN clause.
     assert "DROP TRIGGER IF EXISTS eventstore_link_waiting" in downgrade

@@ -218,7 +218,19 @@ ADDITION_COLUMNS["unsequenced"] = [
     ("last_version", "bigint", "NO", None),
 ]
 
+ADDITION_COLUMNS["sequencer_state"] = [
+    ("run", "bigint", "NO", None),
+    ("numbered_through", "bigint", "NO", None),
+    ("gaps", "ARRAY", "NO", "'{}'::bigint[]"),
+    ("gap_horizons", "ARRAY", "NO", "'{}'::bigint[]"),
+]
+
 ADDITION_INDEXES = {
+    (
+        "sequencer_state",
+        "sequencer_state_pkey",
+        "CREATE UNIQUE INDEX sequencer_state_pkey ON sequencer_state USING btree (run)",
+    ),
     (
         "unsequenced",
         "unsequenced_pkey",
@@ -259,6 +271,7 @@ ADDITION_TRIGGERS = {
 }
 
 ADDITION_CONSTRAINTS = {
+    ("sequencer_state", "sequencer_state_pkey", "PRIMARY KEY (run)"),
     ("unsequenced", "unsequenced_pkey", "PRIMARY KEY (seq)"),
     ("parked_events", "parked_events_pkey", "PRIMARY KEY (subscription_id, event_number)"),
     (

@@ -53,7 +53,10 @@ def test_additions_ddl_is_idempotent_and_leaves_the_reference_alone():
     assert all("schema_migrations" not in s for s in statements)
     # Dropping them puts the reference's notification trigger back as it was.
     drops = drop_additions_ddl("tenant")
-    assert drops[-1] == 'DROP TABLE IF EXISTS "tenant".parked_events, "tenant".unsequenced'
+    assert drops[-1] == (
+        'DROP TABLE IF EXISTS "tenant".parked_events, "tenant".sequencer_state, '
+        '"tenant".unsequenced'
+    )
     assert notification_trigger_ddl("tenant") in drops
     assert '"tenant".parked_events' in drop_schema_ddl("tenant")[0]
 

@@ -21,6 +21,23 @@ How the pieces fit:
   which fires the trigger. Anyone may call it at any time, any number of
   times: readers of ``$all`` do, appenders after their commit do.
 
+* Neither ever walks numbered queue rows, which a long-running transaction
+  anywhere in the cluster keeps from being vacuumed. ``<schema>.sequencer_state``
+  holds ``numbered_through`` (every seq up to it is numbered or a *gap*) and
+  the gaps: seqs invisible when a run passed them, each with a horizon, a
+  transaction id assigned after that run's snapshot. A probe is one index
+  descent above ``numbered_through`` plus one lookup per gap, and a run
+  deletes (numbers) only those rows. A gap's writer took its seq after its own
+  transaction id and before a higher seq that run saw committed, so before the
+  snapshot: once a snapshot's xmin passes the horizon, the writer has ended --
+  committed, its row is visible to that snapshot and numbered by it; if not,
+  the gap is dropped. (``pg_snapshot_xmax`` would not do as the horizon: it is
+  one past the latest *completed* id, and a writer's may be higher.) The
+  horizon is the xmin of the state row written in a subtransaction, read back
+  by the next run. Each run inserts the next state row and deletes the one it
+  read: reading the newest is one backward index step, where updating one row
+  would leave a chain of versions for every reader to walk.
+
 Both functions are PL/pgSQL and VOLATILE on purpose: in READ COMMITTED each of
 their statements takes a fresh snapshot, so they see every append committed
 before they run -- even one that committed after the calling statement began
@@ -41,11 +58,14 @@ __all__ = [
     "EMPTIED",
     "EMPTY",
     "QUEUE_TABLE",
+    "STATE_TABLE",
     "sequencer_ddl",
 ]
 
 #: The queue of appends waiting to be numbered into ``$all``.
 QUEUE_TABLE = "unsequenced"
+#: The sequencer's progress through the queue (one row).
+STATE_TABLE = "sequencer_state"
 
 # What eventstore_sequence() returns besides the new head of $all (>= 0):
 EMPTY = -1  # nothing committed waited; no lock taken
@@ -61,11 +81,65 @@ def _literal(text: str) -> str:
 def _queue_options(s: str) -> str:
     # The table itself comes from its model (models.UnsequencedRow). One row
     # per waiting append, deleted once numbered: a high-churn queue, vacuumed
-    # eagerly so the probes stay an index descent.
+    # eagerly (its dead rows lie below numbered_through, where no probe looks,
+    # but they take space until vacuumed).
     return f"""
 ALTER TABLE {s}.{QUEUE_TABLE}
 SET (autovacuum_vacuum_scale_factor = 0.0, autovacuum_vacuum_threshold = 1000)
 """
+
+
+def _initial_state(s: str) -> str:
+    # The state row, once (an existing schema keeps its own). A schema of an
+    # earlier version holds only waiting rows in its queue (numbered ones were
+    # deleted): numbering resumes just below the lowest. The SHARE lock waits
+    # for appends in flight, so that lowest row is visible here, and holds off
+    # new ones (whose seq is higher anyway) until this transaction ends.
+    return f"""
+DO $eventstore$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM {s}.{STATE_TABLE}) THEN
+    LOCK TABLE {s}.{QUEUE_TABLE} IN SHARE MODE;
+    INSERT INTO {s}.{STATE_TABLE} (run, numbered_through)
+    SELECT 0, coalesce(
+      (SELECT min(seq) - 1 FROM {s}.{QUEUE_TABLE}),
+      (SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END
+       FROM {s}.{QUEUE_TABLE}_seq_seq))
+    ON CONFLICT (run) DO NOTHING;
+  END IF;
+END;
+$eventstore$
+"""
+
+
+def _waiting_probe(s: str) -> str:
+    """PL/pgSQL: FOUND when a committed queue row waits (``v_nt``, ``v_gaps`` set).
+
+    Never walks numbered rows: one index descent above ``numbered_through``
+    (rows there are waiting or in flight), and one per gap.
+    """
+    return f"""
+  SELECT numbered_through, gaps INTO v_nt, v_gaps
+  FROM {s}.{STATE_TABLE} ORDER BY run DESC LIMIT 1;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'EventStore: the sequencer_state row is missing (run init or migrate)';
+  END IF;
+  PERFORM 1 FROM {s}.{QUEUE_TABLE} WHERE seq > v_nt ORDER BY seq LIMIT 1;
+  IF NOT FOUND AND cardinality(v_gaps) > 0 THEN
+    PERFORM 1 FROM {s}.{QUEUE_TABLE} WHERE seq = ANY(v_gaps) LIMIT 1;
+  END IF;"""
+
+
+# Every function reading the queue plans with index lookups only: a
+# sequential scan, or a hash or merge join reading a whole table, would walk
+# the row versions that a long-running transaction elsewhere keeps from being
+# vacuumed -- numbered queue rows, and the streams' old versions (the batch's
+# streams are looked up one by one instead). Without JIT: disabling those
+# plans inflates their estimated cost past jit_above_cost, and compiling them
+# would cost milliseconds per call.
+_INDEX_ONLY = (
+    "SET enable_seqscan = off SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off"
+)
 
 
 def _link_waiting_function(s: str) -> str:
@@ -73,11 +147,24 @@ def _link_waiting_function(s: str) -> str:
 CREATE OR REPLACE FUNCTION {s}.eventstore_link_waiting()
   RETURNS trigger AS $$
 DECLARE
+  v_run bigint;
+  v_nt bigint;
+  v_gaps bigint[];
+  v_horizons bigint[];
+  row_xid xid;
+  row_horizon bigint;
+  top bigint;
   linked bigint;
   streams_notified bigint;
+  taken_seqs bigint[];
+  snap_xmin bigint;
+  new_nt bigint;
+  kept_gaps bigint[];
+  kept_horizons bigint[];
+  fresh_gaps bigint[];
 BEGIN
-  -- Nothing waits (the common case): one index probe.
-  PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
+  -- Nothing waits (the common case): an index descent, plus one per gap.
+  {_waiting_probe(s)}
   IF NOT FOUND THEN
     IF NEW.stream_version = OLD.stream_version THEN
       RETURN NULL;  -- a sequencer's touch that found nothing: no update
@@ -85,12 +172,18 @@ BEGIN
     RETURN NEW;
   END IF;
   -- Runs with the $all row locked by the update that fired it, so no one
-  -- else is numbering $all now: the waiting events committed so far (this
+  -- else is numbering $all now (nor writing the state row: only numberers
+  -- do, under this lock): the waiting events committed so far (this
   -- statement's fresh snapshot) get the positions just above the head, in
   -- queue order, each append's events in stream order. Rows of appends not
-  -- committed yet are invisible here and wait for a later run.
+  -- committed yet are invisible here and wait for a later run. Only rows
+  -- above numbered_through and at the gaps are visited.
+  SELECT run, numbered_through, gaps, gap_horizons, xmin
+  INTO v_run, v_nt, v_gaps, v_horizons, row_xid
+  FROM {s}.{STATE_TABLE} ORDER BY run DESC LIMIT 1;
   WITH taken AS (
     DELETE FROM {s}.{QUEUE_TABLE}
+    WHERE seq > v_nt OR seq = ANY(v_gaps)
     RETURNING seq, stream_id, first_version, last_version
   ),
   waiting AS (
@@ -122,8 +215,60 @@ BEGIN
     JOIN {s}.streams st ON st.stream_id = t.stream_id
     GROUP BY st.stream_id, st.stream_uuid, st.stream_version
   )
-  SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified)
-  INTO linked, streams_notified;
+  SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified),
+         (SELECT coalesce(array_agg(seq), '{{}}') FROM taken),
+         -- this statement's snapshot: every transaction below it has ended
+         CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint)
+  INTO linked, streams_notified, taken_seqs, snap_xmin;
+
+  -- The state. Every seq up to the highest taken is now numbered or a gap:
+  -- invisible to the snapshot above (its append in flight, rolled back, or
+  -- never written). A gap's writer took its seq after its transaction id,
+  -- before the higher seq taken here committed, so before the snapshot: any
+  -- transaction id assigned after the snapshot is above it (its horizon).
+  -- Once the snapshot's xmin passes a gap's horizon, its writer has ended:
+  -- committed, its row was visible and taken; otherwise it never will be.
+  new_nt := greatest(v_nt, (SELECT max(x) FROM unnest(taken_seqs) x));
+  IF array_position(v_horizons, NULL) IS NOT NULL THEN
+    -- NULL: this row version's xmin (the subtransaction that wrote it), as a
+    -- 64-bit id next to this transaction's own.
+    top := CAST(CAST(pg_current_xact_id() AS text) AS bigint);
+    row_horizon := top - mod(top, 4294967296) + CAST(CAST(row_xid AS text) AS bigint);
+    IF row_horizon > top + 2147483648 THEN
+      row_horizon := row_horizon - 4294967296;
+    ELSIF row_horizon < top - 2147483648 THEN
+      row_horizon := row_horizon + 4294967296;
+    END IF;
+  END IF;
+  SELECT coalesce(array_agg(g.seq ORDER BY g.seq), '{{}}'),
+         coalesce(array_agg(coalesce(g.horizon, row_horizon) ORDER BY g.seq), '{{}}')
+  INTO kept_gaps, kept_horizons
+  FROM unnest(v_gaps, v_horizons) AS g(seq, horizon)
+  WHERE coalesce(g.horizon, row_horizon) >= snap_xmin
+    AND NOT EXISTS (SELECT 1 FROM unnest(taken_seqs) x WHERE x = g.seq);
+  SELECT coalesce(array_agg(f ORDER BY f), '{{}}') INTO fresh_gaps
+  FROM (SELECT generate_series(v_nt + 1, new_nt) EXCEPT SELECT unnest(taken_seqs)) AS f(f);
+
+  -- The next state row replaces the one read (see models.SequencerState).
+  IF cardinality(fresh_gaps) > 0 THEN
+    -- Written in a subtransaction: the row's xmin is then a transaction id
+    -- assigned now, after the snapshot -- the new gaps' horizon (NULL until
+    -- the next run reads it).
+    BEGIN
+      INSERT INTO {s}.{STATE_TABLE} (run, numbered_through, gaps, gap_horizons)
+      VALUES (v_run + 1, new_nt, kept_gaps || fresh_gaps,
+              kept_horizons
+                || array_fill(CAST(NULL AS bigint), ARRAY[cardinality(fresh_gaps)]));
+    EXCEPTION WHEN OTHERS THEN
+      RAISE;
+    END;
+    DELETE FROM {s}.{STATE_TABLE} WHERE run = v_run;
+  ELSIF new_nt <> v_nt OR kept_gaps IS DISTINCT FROM v_gaps
+        OR kept_horizons IS DISTINCT FROM v_horizons THEN
+    INSERT INTO {s}.{STATE_TABLE} (run, numbered_through, gaps, gap_horizons)
+    VALUES (v_run + 1, new_nt, kept_gaps, kept_horizons);
+    DELETE FROM {s}.{STATE_TABLE} WHERE run = v_run;
+  END IF;
 
   IF linked = 0 AND NEW.stream_version = OLD.stream_version THEN
     -- The sequencer's touch found nothing: skip the update (no new row
@@ -133,7 +278,7 @@ BEGIN
   NEW.stream_version := NEW.stream_version + linked;
   RETURN NEW;
 END;
-$$ LANGUAGE plpgsql VOLATILE;
+$$ LANGUAGE plpgsql VOLATILE {_INDEX_ONLY};
 """
 
 
@@ -169,11 +314,13 @@ CREATE OR REPLACE FUNCTION {s}.eventstore_sequence(wait boolean DEFAULT true)
   RETURNS bigint AS $$
 DECLARE
   head bigint;
+  v_nt bigint;
+  v_gaps bigint[];
 BEGIN
   -- Nothing committed waits: every committed event is in $all already (a
   -- queue row and its $all links are removed and written in one
   -- transaction). The common case costs one index probe and no lock.
-  PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
+  {_waiting_probe(s)}
   IF NOT FOUND THEN
     RETURN {EMPTY};
   END IF;
@@ -189,7 +336,7 @@ BEGIN
       CAST(CAST(CAST({_literal(s + "." + QUEUE_TABLE)} AS regclass) AS oid) AS int), 0) THEN
     RETURN {BUSY};
   END IF;
-  PERFORM 1 FROM {s}.{QUEUE_TABLE} ORDER BY seq LIMIT 1;
+  {_waiting_probe(s)}
   IF NOT FOUND THEN
     RETURN {EMPTIED};
   END IF;
@@ -199,7 +346,7 @@ BEGIN
   RETURNING stream_version INTO head;
   RETURN coalesce(head, {EMPTIED});
 END;
-$$ LANGUAGE plpgsql VOLATILE;
+$$ LANGUAGE plpgsql VOLATILE {_INDEX_ONLY};
 """
 
 
@@ -209,6 +356,7 @@ def sequencer_ddl(schema: str) -> list[str]:
     s = quote_ident(schema)
     return [
         _queue_options(s),
+        _initial_state(s),
         _link_waiting_function(s),
         # DROP IF EXISTS then CREATE (not CREATE OR REPLACE TRIGGER, which
         # needs PostgreSQL 14): idempotent as a pair, in the caller's transaction.
