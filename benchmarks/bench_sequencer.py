@@ -10,7 +10,10 @@ modes on the same server in the same run, each in a fresh schema:
 1. throughput: 16 writer *processes* (no GIL between them), each appending to a
    stream of its own for S seconds, batches of 1 and of 10: events/s, and the
    ratio sequencer / lock (target >= 3x); the modes alternate over --rounds
-   windows and the medians are compared;
+   windows and the medians are compared. Beside them, the harness's ceiling:
+   sequencer mode with writers that do no numbering at all and one separate
+   process that numbers everything (what the machine and a Python client
+   reach when numbering costs the writers nothing);
 2. a ``conn=`` transaction held open 5 s: 8 writer processes append
    meanwhile; their p99 append latency in windows with the open transaction
    minus their p99 in windows without it (target: < 5 ms added in sequencer
@@ -45,6 +48,10 @@ from sqlalchemy.engine import URL
 from sqlalchemy_eventstore import ANY_VERSION, CURRENT, EventStore
 
 MODES = ("lock", "sequencer")
+#: Throughput only: sequencer mode with the writers doing no numbering at all
+#: and one separate process numbering -- what this harness reaches when
+#: numbering costs the writers nothing (the ceiling of the machine and client).
+CEILING = "ceiling"
 
 
 def percentile(samples: list[float], p: float) -> float:
@@ -82,7 +89,11 @@ def writer(
     results: Any,
 ) -> None:
     """Append batches until ``stop``; report (events, [latency ms, stamped])."""
-    store = EventStore(url, schema=schema, global_order=mode, name=f"bench-{stream}")
+    order = "sequencer" if mode == CEILING else mode
+    store = EventStore(url, schema=schema, global_order=order, name=f"bench-{stream}")
+    if mode == CEILING:
+        # No numbering from this writer at all: a separate process does it all.
+        store._sequencer.help_soon = lambda: None  # type: ignore[method-assign,union-attr]
     events = make_events(batch)
     store.append_to_stream(stream, ANY_VERSION, events)  # connect, warm up
     start.wait()
@@ -133,15 +144,32 @@ class Writers:
         return total, samples
 
 
+def numberer(url: str, schema: str, stop: Any) -> None:
+    """The ceiling's only sequencer: number whatever waits, round after round."""
+    store = EventStore(url, schema=schema, global_order="sequencer", name="bench-numberer")
+    while not stop.is_set():
+        if store.advance_all_stream() < 0:
+            time.sleep(0.0005)
+    store.close()
+
+
 def throughput(url: URL, mode: str, batch: int, seconds: float, *, loud: bool = False) -> float:
-    schema = new_schema(url, mode)
+    schema = new_schema(url, "sequencer" if mode == CEILING else mode)
     if loud:
         restore_reference_notification(url, schema)
     try:
         writers = Writers(url, schema, mode, 16, batch)
+        helper = None
+        if mode == CEILING:
+            ctx = mp.get_context("spawn")
+            text = url.render_as_string(hide_password=False)
+            helper = ctx.Process(target=numberer, args=(text, schema, writers.stop))
+            helper.start()
         began = writers.go()
         time.sleep(seconds)
         total, samples = writers.finish()
+        if helper is not None:
+            helper.join(30)
         # Count only appends that completed within the window.
         in_window = sum(batch for stamp, _ in samples if stamp <= began + seconds)
         del total
@@ -299,14 +327,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"server: {url.render_as_string(hide_password=True)}", flush=True)
         print(f"\n1. 16 writer processes, distinct streams, {seconds:.0f} s windows (events/s)")
         print(f"   {'batch':>5}  {'lock':>9}  {'sequencer':>9}  ratio")
+        kinds = (*MODES, CEILING)
+        ceilings: list[str] = []
         for batch in (1, 10):
-            # Rounds alternate the modes (the first rotating), so that load
-            # from other processes falls on both; medians per mode.
-            rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+            # Rounds rotate the modes, so that load from other processes falls
+            # on all alike; medians per mode.
+            rates: dict[str, list[float]] = {kind: [] for kind in kinds}
             for r in range(rounds):
-                for mode in MODES[r % 2 :] + MODES[: r % 2]:
-                    rates[mode].append(throughput(url, mode, batch, seconds))
+                for kind in kinds[r % 3 :] + kinds[: r % 3]:
+                    rates[kind].append(throughput(url, kind, batch, seconds))
             lock, seq = statistics.median(rates["lock"]), statistics.median(rates["sequencer"])
+            top = statistics.median(rates[CEILING])
             ratio = seq / lock
             pairs = zip(rates["lock"], rates["sequencer"], strict=True)
             print(
@@ -315,6 +346,15 @@ def main(argv: list[str] | None = None) -> int:
                 + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in pairs),
                 flush=True,
             )
+            ceilings.append(
+                f"   {batch:>5}  {top:>9.0f} ev/s  {top / lock:.2f}x lock, "
+                f"{seq / top:.0%} of it reached by the sequencer"
+            )
+        print(
+            "   the harness's ceiling: sequencer mode, writers that number nothing, "
+            "one process numbering"
+        )
+        print("\n".join(ceilings), flush=True)
         print(
             f"\n2. a conn= transaction open {hold:.0f} s, {rounds} rounds of windows; "
             "8 writers' p99 append latency (ms)"

@@ -577,6 +577,7 @@ class StorageCalls(Operations):
                 or direction.
         """
         call = self._paginate_call(page_size, page_number, search, sort_by, sort_dir, timeout)
+        self.advance_all_stream()  # the $all row's version counts every committed event
         return self._call(conn, call)
 
     # -- snapshots -----------------------------------------------------------

@@ -124,8 +124,8 @@ REFERENCE_TABLES = {
 ADDITION_TABLES = {"parked_events", "sequencer_state", "unsequenced"}
 EVENTSTORE_TABLES = REFERENCE_TABLES | ADDITION_TABLES
 REFERENCE_FUNCTIONS = {"event_store_exception", "event_store_delete", "notify_events"}
-# The sequencer's (global_order="sequencer"), also additions.
-ADDITION_FUNCTIONS = {"eventstore_link_waiting", "eventstore_sequence"}
+# The sequencer's functions and procedure (global_order="sequencer"), also additions.
+ADDITION_FUNCTIONS = {"eventstore_help", "eventstore_link_waiting", "eventstore_sequence"}
 EVENTSTORE_FUNCTIONS = REFERENCE_FUNCTIONS | ADDITION_FUNCTIONS
 EVENTSTORE_TRIGGERS = {
     "eventstore_link_waiting",

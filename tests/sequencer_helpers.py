@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
@@ -23,6 +24,26 @@ def all_rows(admin_engine: Engine, schema: str) -> list[tuple[int, str, int]]:
                 WHERE se.stream_id = 0 ORDER BY se.stream_version"""
         ).all()
     return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+
+def numbered(
+    admin_engine: Engine, schema: str, count: int, timeout: float = 10.0
+) -> list[tuple[int, str, int]]:
+    """``$all`` as stored once it holds ``count`` rows: an append whose own
+    call found the sequencer busy, or whose commit a worker thread watches,
+    is numbered milliseconds after the call returns."""
+    deadline = time.monotonic() + timeout
+    rows = all_rows(admin_engine, schema)
+    while len(rows) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+        rows = all_rows(admin_engine, schema)
+    return rows
+
+
+def settle(store: Any) -> None:
+    """Wait until ``store``'s worker thread did what it was handed so far."""
+    sequencer = store._sequencer
+    assert sequencer is not None and sequencer.drain(), "the sequencer's worker is stuck"
 
 
 def waiting(admin_engine: Engine, schema: str) -> int:

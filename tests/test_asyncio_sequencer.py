@@ -199,7 +199,7 @@ async def _sequencer_blocked(admin_engine: Engine) -> None:
             return bool(
                 conn.exec_driver_sql(
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE '%%eventstore_sequence(%%' AND pid <> pg_backend_pid()"
+                    " AND query ~ 'eventstore_(sequence|help)\\(' AND pid <> pg_backend_pid()"
                 ).scalar()
             )
 

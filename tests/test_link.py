@@ -43,7 +43,9 @@ def recorded_statements(engine: Engine) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
+        # Not the sequencer's calls (numbering earlier appends).
+        if "eventstore_help(" not in statement and "eventstore_sequence(" not in statement:
+            statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", listener)
     try:
@@ -228,12 +230,20 @@ def test_linking_does_not_add_to_all(store: EventStore, source: Any, other: str)
     assert store.stream_info(ALL_STREAM).stream_version == 4
 
 
+def calls_own(store: EventStore, statements: list[str]) -> list[str]:
+    """In sequencer mode, without the timeout that a pooled connection the
+    sequencer's calls opened gets at its first use by a storage call."""
+    if store.global_order == "lock":
+        return statements
+    return [s for s in statements if not s.startswith("SELECT set_config('statement_timeout'")]
+
+
 def test_link_is_one_statement(store: EventStore, source: Any) -> None:
     _, events = source
     target = new_stream()
     with recorded_statements(store.engine) as statements:
         store.link_to_stream(target, 0, events)
-    assert len(statements) == 1
+    assert len(calls_own(store, statements)) == 1
     assert len(store.read_stream_forward(target)) == 3
 
 
@@ -245,7 +255,7 @@ def test_link_many_events(store: EventStore) -> None:
     with recorded_statements(store.engine) as statements:
         store.link_to_stream(target, 0, events)
 
-    assert len(statements) == 1
+    assert len(calls_own(store, statements)) == 1
     linked = list(store.stream_forward(target, read_batch_size=700))
     assert [e.event_number for e in linked] == list(range(1, 3_001))
     assert [e.data["n"] for e in linked] == list(range(1, 3_001))

@@ -54,6 +54,7 @@ from sqlalchemy_eventstore.errors import (
 
 from .async_facade import SyncFacade
 from .conftest import ASYNC_DRIVERS, DRIVERS
+from .sequencer_helpers import numbered, waiting
 from .subscription_helpers import WAIT, collect, eventually, flatten, new_id
 
 Gate = Callable[[int, Callable[[int], Any]], list[Any]]
@@ -607,3 +608,30 @@ def test_a_session_url_through_the_pooler_is_found_out(
     assert eventually(lambda: sub.stats.head == 0)
     store.append_to_stream(f"pgb-{new_id()}", NO_STREAM, ticks(3, "found"))
     assert [e.event_number for e in flatten(collect(sub, 3))] == [1, 2, 3]
+
+
+# -- (d) global_order="sequencer" through transaction pooling ------------------------------
+
+
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg", "async-psycopg", "async-asyncpg"])
+def test_sequencer_numbering_through_transaction_pooling(
+    pooled_store: Callable[..., EventStore],
+    admin_engine: Engine,
+    start_gate: Gate,
+    driver: str,
+) -> None:
+    """The writers' numbering call, a procedure that commits each round, runs
+    through the pooler: every append is numbered by the writers' own calls
+    (no reader asks), gap-free, streams in order."""
+    store = pooled_store(driver=driver, transaction_pooling=True, global_order="sequencer")
+
+    def writer(i: int) -> None:
+        for n in range(5):
+            store.append_to_stream(f"w-{i}", ANY_VERSION, ticks(2, f"{i}-{n}"))
+
+    assert start_gate(WRITERS, writer) == [None] * WRITERS
+    rows = numbered(admin_engine, store.schema, WRITERS * 10)
+    assert [r[0] for r in rows] == list(range(1, WRITERS * 10 + 1))
+    for i in range(WRITERS):
+        assert [r[2] for r in rows if r[1] == f"w-{i}"] == list(range(1, 11))
+    assert waiting(admin_engine, store.schema) == 0

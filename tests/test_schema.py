@@ -423,6 +423,7 @@ def test_triggers_and_functions_match_the_reference(store, admin_engine):
         ("notify_events",),
         ("eventstore_link_waiting",),
         ("eventstore_sequence",),
+        ("eventstore_help",),  # a procedure
     }
     assert sequences == {
         ("streams_stream_id_seq",),

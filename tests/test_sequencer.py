@@ -16,7 +16,8 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ from .sequencer_helpers import (
     assert_gap_free_in_stream_order,
     commit_behind_the_hooks,
     eventually,
+    numbered,
+    settle,
     wait_until_blocked,
     waiting,
 )
@@ -67,6 +70,61 @@ def test_an_append_is_in_all_when_the_call_returns(seq: EventStore, admin_engine
     assert seq.stream_info(ALL_STREAM).stream_version == 3
 
 
+def test_a_reader_right_after_an_append_sees_it(seq: EventStore, make_store: Factory) -> None:
+    """A read of $all advances the sequencer first (here from another store,
+    which appended nothing itself)."""
+    reader = make_store(schema=seq.schema, global_order="sequencer")
+    for i in range(20):
+        seq.append_to_stream(f"s-{i}", 0, events(1))
+        assert reader.stream_info(ALL_STREAM).stream_version == i + 1
+        assert reader.read_all_streams_backward(count=1)[0].stream_uuid == f"s-{i}"
+
+
+APPEND_BY_SCRIPT = {
+    # The append's own call numbers it.
+    "plain": 'store.append_to_stream("script", 0, EVENTS)',
+    # The Connection's commit hook hands it to the worker thread, drained at exit.
+    "connection": textwrap.dedent(
+        """
+        with store.engine.connect() as conn:
+            conn.begin()
+            store.append_to_stream("script", 0, EVENTS, conn=conn)
+            conn.commit()
+        """
+    ),
+}
+
+
+@pytest.mark.parametrize("how", sorted(APPEND_BY_SCRIPT))
+def test_a_script_that_appends_and_exits_is_numbered_before_it_ends(
+    seq: EventStore, database_url: URL, admin_engine: Engine, how: str
+) -> None:
+    """Nothing is left for a reader, though the store was never closed."""
+    url = database_url.render_as_string(hide_password=False)
+    script = (
+        textwrap.dedent(
+            """
+        import sys
+        from sqlalchemy_eventstore import EventStore, EventData
+        store = EventStore(sys.argv[1], schema=sys.argv[2], global_order="sequencer")
+        EVENTS = [EventData("T", {"i": i}) for i in range(3)]
+        """
+        )
+        + APPEND_BY_SCRIPT[how]
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, url, seq.schema], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    # Read at once, no waiting: numbered before the process ended.
+    assert all_rows(admin_engine, seq.schema) == [
+        (1, "script", 1),
+        (2, "script", 2),
+        (3, "script", 3),
+    ]
+    assert waiting(admin_engine, seq.schema) == 0
+
+
 def test_an_open_append_does_not_hold_up_other_writers(
     seq: EventStore, admin_engine: Engine
 ) -> None:
@@ -86,7 +144,7 @@ def test_an_open_append_does_not_hold_up_other_writers(
         assert done.wait(5), "an append waited for an unrelated open transaction"
         worker.join()
         assert time.monotonic() - started < 5
-        assert all_rows(admin_engine, seq.schema) == [
+        assert numbered(admin_engine, seq.schema, 3) == [
             (1, "other", 1),
             (2, "other", 2),
             (3, "other", 3),
@@ -116,7 +174,7 @@ def test_session_rollback_numbers_nothing(seq: EventStore, admin_engine: Engine)
         seq.append_to_stream("s", 0, events(2), conn=session)
         session.rollback()
         seq.append_to_stream("t", 0, events(1))
-    assert all_rows(admin_engine, seq.schema) == [(1, "t", 1)]
+    assert numbered(admin_engine, seq.schema, 1) == [(1, "t", 1)]
     assert waiting(admin_engine, seq.schema) == 0
 
 
@@ -413,6 +471,7 @@ def test_concurrent_sequencer_writers_on_distinct_streams(
 
     results = start_gate(8, work)
     assert results == [None] * 8
+    settle(seq)
     rows = all_rows(admin_engine, seq.schema)
     assert_gap_free_in_stream_order(rows)
     assert len(rows) == 8 * sum(1 + b % 3 for b in range(10))
@@ -424,32 +483,109 @@ def test_concurrent_sequencer_writers_on_distinct_streams(
         assert positions == list(range(positions[0], positions[0] + len(positions)))
 
 
-def test_one_sequencer_at_a_time(seq: EventStore, admin_engine: Engine) -> None:
-    """The sequencer's advisory lock: a second call waits while one holds it,
-    then finds the queue emptied and returns."""
-    with seq.engine.connect() as conn:
+def left_waiting(store: EventStore, stream_uuid: str) -> None:
+    """A committed append of one event that nothing numbered yet."""
+    with store.engine.connect() as conn:
         conn.begin()
-        seq.append_to_stream("q", 0, events(1), conn=conn)
+        store.append_to_stream(stream_uuid, 0, events(1), conn=conn)
         commit_behind_the_hooks(conn)
         conn.rollback()
+
+
+@contextmanager
+def sequencer_lock_held(admin_engine: Engine, schema: str) -> Iterator[None]:
+    """Another session holds the schema's sequencer lock until the block ends."""
     holder = admin_engine.connect()
     try:
         holder.exec_driver_sql("BEGIN")
         key = holder.exec_driver_sql(
-            f"SELECT CAST(CAST(CAST('\"{seq.schema}\".unsequenced' AS regclass) AS oid) AS int)"
+            f"SELECT CAST(CAST(CAST('\"{schema}\".unsequenced' AS regclass) AS oid) AS int)"
         ).scalar()
         holder.exec_driver_sql("SELECT pg_advisory_xact_lock(%(k)s, 0)", {"k": key})
-        done: list[int] = []
-        worker = threading.Thread(target=lambda: done.append(seq.advance_all_stream()))
+        yield
+        holder.exec_driver_sql("COMMIT")
+    finally:
+        holder.close()
+
+
+def test_one_sequencer_at_a_time(seq: EventStore, admin_engine: Engine) -> None:
+    """The sequencer's advisory lock: a second call waits while one holds it,
+    then finds the queue emptied and returns."""
+    left_waiting(seq, "q")
+    done: list[int] = []
+    worker = threading.Thread(target=lambda: done.append(seq.advance_all_stream()))
+    with sequencer_lock_held(admin_engine, seq.schema):
         worker.start()
         time.sleep(0.3)
         assert done == [] and waiting(admin_engine, seq.schema) == 1
-        holder.exec_driver_sql("COMMIT")
-        worker.join(10)
-        assert done == [1]
-    finally:
-        holder.close()
+    worker.join(10)
+    assert done == [1]
     assert seq.advance_all_stream() == -1  # nothing waits: no lock, no write
+
+
+def test_numbering_after_a_commit_is_one_round_trip(seq: EventStore) -> None:
+    """The append's call after its commit: one ``CALL eventstore_help()``,
+    whose rounds (each committed) run in the database."""
+    from sqlalchemy import event
+
+    seq.append_to_stream("warm", 0, events(1))  # connect; look the procedure up
+    settle(seq)
+    sent: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(statement)
+
+    event.listen(seq.engine, "before_cursor_execute", record)
+    try:
+        seq.append_to_stream("one", 0, events(2))
+        settle(seq)
+    finally:
+        event.remove(seq.engine, "before_cursor_execute", record)
+    calls = [s for s in sent if "eventstore_" in s and "EXECUTE" not in s]
+    assert calls == [f'CALL "{seq.schema}".eventstore_help()']
+    assert seq.advance_all_stream() == -1  # nothing left waiting
+
+
+def test_the_help_procedure_leaves_a_busy_sequencer_to_its_holder(
+    seq: EventStore, admin_engine: Engine
+) -> None:
+    """While another session holds the sequencer's lock the procedure returns at
+    once (it only tries the lock); the events wait for the holder's next round."""
+    left_waiting(seq, "busy")
+    autocommit = admin_engine.execution_options(isolation_level="AUTOCOMMIT")
+    with sequencer_lock_held(admin_engine, seq.schema):
+        with autocommit.connect() as caller:
+            began = time.monotonic()
+            caller.exec_driver_sql(f'CALL "{seq.schema}".eventstore_help()')
+            assert time.monotonic() - began < 5  # did not wait for the lock
+        assert waiting(admin_engine, seq.schema) == 1
+    with autocommit.connect() as caller:
+        caller.exec_driver_sql(f'CALL "{seq.schema}".eventstore_help()')
+    assert all_rows(admin_engine, seq.schema) == [(1, "busy", 1)]
+    assert waiting(admin_engine, seq.schema) == 0
+
+
+def test_a_schema_without_the_help_procedure_is_numbered_and_init_adds_it(
+    seq: EventStore, make_store: Factory, admin_engine: Engine
+) -> None:
+    """Additions created before ``eventstore_help()`` existed: the store falls
+    back to one call per round, and ``init()`` adds the procedure."""
+    found = f"SELECT to_regprocedure('\"{seq.schema}\".eventstore_help(integer)')"
+    with admin_engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP PROCEDURE "{seq.schema}".eventstore_help(integer)')
+    older = make_store(schema=seq.schema, global_order="sequencer", init=False)
+    older.append_to_stream("old", 0, events(2))
+    settle(older)
+    assert all_rows(admin_engine, seq.schema) == [(1, "old", 1), (2, "old", 2)]
+    with admin_engine.connect() as conn:
+        assert conn.exec_driver_sql(found).scalar() is None
+    assert older.init() is False  # the event store existed; its additions completed
+    with admin_engine.connect() as conn:
+        assert conn.exec_driver_sql(found).scalar() is not None
+    newer = make_store(schema=seq.schema, global_order="sequencer", init=False)
+    newer.append_to_stream("new", 0, events(1))
+    settle(newer)
+    assert all_rows(admin_engine, seq.schema)[-1] == (3, "new", 1)
 
 
 def test_hard_delete_of_a_stream_with_waiting_events(
@@ -462,6 +598,7 @@ def test_hard_delete_of_a_stream_with_waiting_events(
         commit_behind_the_hooks(conn)
         conn.rollback()
     store.append_to_stream("kept", 0, events(1))  # numbers "doomed" first
+    settle(store)
     with store.engine.connect() as conn:
         conn.begin()
         store.append_to_stream("doomed", 2, events(1), conn=conn)
@@ -472,7 +609,7 @@ def test_hard_delete_of_a_stream_with_waiting_events(
     assert waiting(admin_engine, store.schema) == 0
     assert all_rows(admin_engine, store.schema) == [(3, "kept", 1)]
     store.append_to_stream("after", 0, events(1))
-    assert all_rows(admin_engine, store.schema)[-1] == (4, "after", 1)
+    assert numbered(admin_engine, store.schema, 2)[-1] == (4, "after", 1)
 
 
 def test_sequencer_appends_do_not_notify_at_commit(
@@ -545,5 +682,5 @@ def test_both_modes_on_connection_close_without_commit(
     seq.append_to_stream("gone", 0, events(1), conn=conn)
     conn.close()  # rolled back by the pool
     seq.append_to_stream("here", 0, events(1))
-    assert all_rows(admin_engine, seq.schema) == [(1, "here", 1)]
+    assert numbered(admin_engine, seq.schema, 1) == [(1, "here", 1)]
     assert os.getpid() > 0

@@ -28,6 +28,7 @@ from .sequencer_helpers import (
     assert_gap_free_in_stream_order,
     commit_behind_the_hooks,
     eventually,
+    settle,
 )
 
 Factory = Callable[..., EventStore]
@@ -114,6 +115,7 @@ def test_probes_and_numbering_visit_a_bounded_number_of_queue_entries_under_a_ho
     with holding_an_xid(admin_engine):
         for i in range(NUMBERED_UNDER_HOLD):
             store.append_to_stream(f"s-{i % 50}", ANY_VERSION, events(1))
+        settle(store)  # the worker numbered them (it runs behind the appends)
         assert len(all_rows(admin_engine, store.schema)) == NUMBERED_UNDER_HOLD
 
         # The dead queue entries are there: a probe of the whole queue walks them.
@@ -190,6 +192,7 @@ def test_under_a_hold_a_late_commit_is_numbered_last_and_a_rollback_leaves_no_ho
 
         results = start_gate(4, writer)
         assert results == [54] * 4
+        settle(store)
         rolled.rollback()
         rolled.close()
         rows = all_rows(admin_engine, store.schema)
@@ -279,6 +282,7 @@ def test_init_brings_a_schema_without_the_state_table_up_to_date(
     """A schema of the earlier layout: appends wait in the queue, no state table."""
     store = make_store(global_order="sequencer")
     store.append_to_stream("a", ANY_VERSION, events(2))
+    settle(store)
     leave_waiting(store, "b", 2)
     leave_waiting(store, "a", 1)
     with admin_engine.connect() as conn:

@@ -51,6 +51,7 @@ class AsyncSequencer:
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._procedure: bool | None = None  # whether the schema has eventstore_help()
 
     @asynccontextmanager
     async def _own(self) -> AsyncIterator[AsyncConnection]:
@@ -67,7 +68,13 @@ class AsyncSequencer:
     async def help(self) -> None:
         """After a commit: number what waits unless another sequencer is at it."""
         async with self._own() as own:
-            await self._runner.run(own, sequencing.help_others(self._sql))
+            if self._procedure is None:
+                self._procedure = await self._runner.run(
+                    own, sequencing.has_help_procedure(self._sql)
+                )
+            await self._runner.run(
+                own, sequencing.help_others(self._sql, procedure=self._procedure)
+            )
 
     async def help_quietly(self) -> None:
         """:meth:`help` after work that already succeeded: a failure is logged,

@@ -414,6 +414,7 @@ class AsyncEventStore(AsyncSubscriptions, Operations):
     ) -> Page[StreamInfo]:
         """One page of all streams (as EventStore.paginate_streams)."""
         call = self._paginate_call(page_size, page_number, search, sort_by, sort_dir, timeout)
+        await self.advance_all_stream()  # the $all row's version counts every committed event
         return await self._call(conn, call)
 
     # -- snapshots -------------------------------------------------------------

@@ -17,7 +17,7 @@ from ..storage.schema import (
     ADDITIONS_NAME,
     SCHEMA_LOCK_KEY,
     add_additions,
-    additions_missing,
+    additions_incomplete,
     quote_ident,
 )
 from ..store import EventStore
@@ -234,7 +234,7 @@ def migrate(url: str | URL, schema: str = "public", quiet: bool = False) -> list
                 upgrades.apply(conn, schema, migration)
             applied.append(migration.name)
         with conn.begin():
-            if additions_missing(conn, schema):
+            if additions_incomplete(conn, schema):
                 _say(quiet, f"Running migration {ADDITIONS_NAME}...")
                 add_additions(conn, schema)
                 applied.append(ADDITIONS_NAME)
@@ -266,7 +266,7 @@ def migrations(
         _connection(url_) as conn,
     ):
         recorded = upgrades.recorded_versions(conn, schema)
-        missing = additions_missing(conn, schema) if recorded is not None else []
+        missing = additions_incomplete(conn, schema) if recorded is not None else False
     if recorded is None:
         raise _not_initialised(schema, given.database)
     latest = max(recorded, default=None)

@@ -28,6 +28,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "add_additions",
     "additions_ddl",
+    "additions_incomplete",
     "additions_missing",
     "create_schema",
     "delete_function_ddl",
@@ -66,6 +67,7 @@ _TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "
 _ADDITION_TABLES = tuple(sorted(ADDITION_TABLES))
 _FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
 _ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence(boolean)")
+_ADDITION_PROCEDURES = ("eventstore_help(integer)",)
 
 
 def quote_ident(name: str) -> str:
@@ -302,6 +304,7 @@ def drop_schema_ddl(schema: str) -> list[str]:
     statements = [
         "DROP TABLE IF EXISTS "
         + ", ".join(f"{s}.{table}" for table in (*_ADDITION_TABLES, *_TABLES)),
+        "DROP PROCEDURE IF EXISTS " + ", ".join(f"{s}.{fn}" for fn in _ADDITION_PROCEDURES),
         "DROP FUNCTION IF EXISTS "
         + ", ".join(f"{s}.{fn}" for fn in (*_ADDITION_FUNCTIONS, *_FUNCTIONS)),
     ]
@@ -344,6 +347,18 @@ def additions_missing(conn: Connection, schema: str) -> list[str]:
     ]
 
 
+def additions_incomplete(conn: Connection, schema: str) -> bool:
+    """Whether ``schema`` lacks an addition: a table, or a routine added since
+    its tables were (``eventstore_help``)."""
+    if additions_missing(conn, schema):
+        return True
+    s = quote_ident(schema)
+    return any(
+        conn.execute(text("SELECT to_regprocedure(:name)"), {"name": f"{s}.{fn}"}).scalar() is None
+        for fn in _ADDITION_PROCEDURES
+    )
+
+
 def add_additions(conn: Connection, schema: str) -> bool:
     """Create the additions in an existing event store unless present; True if it did.
 
@@ -351,7 +366,7 @@ def add_additions(conn: Connection, schema: str) -> bool:
     nothing is sent, so an ``init()`` by a role without CREATE rights still
     succeeds on a complete schema.
     """
-    if not additions_missing(conn, schema):
+    if not additions_incomplete(conn, schema):
         return False
     for statement in additions_ddl(schema):
         conn.exec_driver_sql(statement)

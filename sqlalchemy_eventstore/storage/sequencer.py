@@ -10,15 +10,20 @@ committed event out of ``$all`` for long:
   ``Session`` through its ``after_commit`` event; a ``Connection`` through its
   ``commit`` event, which fires *before* the commit, so a worker thread waits
   for the transaction's outcome (``txid_status``) and then calls it;
-* writers only *try* the sequencer's lock (:meth:`Sequencer.help`): when it
-  is busy, its holder numbers their appends in its next round, so writers
-  never queue behind one another;
+* writers only *try* the sequencer's lock (:meth:`Sequencer.help`, one round
+  trip): when it is busy, its holder numbers their appends in its next round,
+  so writers never queue behind one another. (Handing this call to a worker
+  thread, so that the append returns before it, was measured: a lower append
+  p99, but fewer appends per second and a slower ``$all`` subscriber, for
+  the CPU and the second connection the thread costs each writer process;
+  BENCHMARKS.md);
 * whoever needs ``$all`` complete waits for it (:meth:`Sequencer.advance`):
   reads of ``$all``, ``stream_info("$all")``, subscriptions to ``$all`` (their
   reads, plus a periodic call from the subscription runner) and
   ``eventstore check``. A writer that exits, or is killed, between its
   commit and its call loses nothing: its events wait in the queue for the
-  next of these.
+  next of these (and :meth:`Sequencer.close`, also run at interpreter exit,
+  drains the worker thread of what commit hooks left it).
 
 Calls are cheap when nothing waits (an index probe, no lock, no write).
 The statements are :mod:`.sequencing`'s operations, shared with the async
@@ -28,7 +33,9 @@ store, whose sequencer hooks into the same commit events through
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import queue
 import threading
 import time
@@ -67,11 +74,14 @@ class Sequencer:
     def __init__(self, engine: Engine, sql: Statements) -> None:
         self._engine = engine
         self._sql = sql
-        self._work: queue.Queue[int | None] = queue.Queue()
+        self._work: queue.Queue[int | threading.Event | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
         self._help_queued = False
+        self._procedure: bool | None = None  # whether the schema has eventstore_help()
+        self._pid = os.getpid()
+        _open.add(self)
 
     # -- running the sequencer -------------------------------------------------------
 
@@ -95,10 +105,14 @@ class Sequencer:
         the lock -- whose own try failed -- is numbered by its next round. A
         holder gives up after ``HELP_ROUNDS`` rounds (under endless load):
         the appends still waiting then go with the next append, reader of
-        ``$all`` or subscription runner.
+        ``$all`` or subscription runner. The rounds run in the database, in
+        one round trip (``<schema>.eventstore_help()``), where the schema has
+        that procedure.
         """
         with connection(self._engine, None, transaction=False) as own:
-            run(own, sequencing.help_others(self._sql))
+            if self._procedure is None:
+                self._procedure = run(own, sequencing.has_help_procedure(self._sql))
+            run(own, sequencing.help_others(self._sql, procedure=self._procedure))
 
     def help_quietly(self) -> None:
         """:meth:`help` for callers whose own work already succeeded (an append,
@@ -129,8 +143,9 @@ class Sequencer:
         self.help_quietly()
 
     def help_soon(self) -> None:
-        """:meth:`help` on the worker thread (a subscription runner's periodic
-        call: its thread must not wait for a lock-mode writer holding ``$all``)."""
+        """:meth:`help` on the worker thread, once for every call made before
+        it starts (a subscription runner's periodic call: its thread must not
+        wait for a lock-mode writer holding ``$all``)."""
         self.committing(_NO_TRANSACTION)
 
     def committing(self, xid: int) -> None:
@@ -138,6 +153,10 @@ class Sequencer:
         with self._lock:
             if self._closed:
                 return
+            if self._pid != os.getpid():
+                # A forked child: the parent's worker thread is not here.
+                self._pid, self._thread, self._help_queued = os.getpid(), None, False
+                self._work = queue.Queue()
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="eventstore-sequencer", daemon=True
@@ -150,11 +169,24 @@ class Sequencer:
                 self._help_queued = True
         self._work.put(xid)
 
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until the worker did everything asked of it so far (the
+        numbering after commits that already returned); False on timeout."""
+        with self._lock:
+            if self._thread is None or self._pid != os.getpid():
+                return True
+            done = threading.Event()
+            self._work.put(done)
+        return done.wait(timeout)
+
     def _run(self) -> None:
         while True:
             xid = self._work.get()
             if xid is None:
                 return
+            if isinstance(xid, threading.Event):
+                xid.set()
+                continue
             if xid == _NO_TRANSACTION:
                 with self._lock:
                     self._help_queued = False
@@ -184,6 +216,20 @@ class Sequencer:
             self._work.put(None)
             thread.join(timeout)
         self._closed = True
+        _open.discard(self)
+
+
+# Stores not closed when the interpreter exits: the numbering queued on their
+# worker thread (a Connection that committed just before) is done, so a script
+# that ends right after its commit leaves nothing for the next reader.
+_open: weakref.WeakSet[Sequencer] = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    for sequencer in list(_open):
+        if sequencer._pid == os.getpid():
+            sequencer.close(timeout=2.0)
 
 
 # Module-level listeners: one per Session or Connection, whatever the stores

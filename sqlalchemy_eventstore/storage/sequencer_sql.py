@@ -57,6 +57,7 @@ __all__ = [
     "drop_sequencer_ddl",
     "EMPTIED",
     "EMPTY",
+    "HELP_ROUNDS",
     "QUEUE_TABLE",
     "STATE_TABLE",
     "sequencer_ddl",
@@ -71,6 +72,8 @@ STATE_TABLE = "sequencer_state"
 EMPTY = -1  # nothing committed waited; no lock taken
 BUSY = -2  # (wait false) another sequencer holds the lock
 EMPTIED = -3  # the lock was taken, and the queue found empty under it
+#: Sequencer rounds an appender runs at most for others after its commit.
+HELP_ROUNDS = 16
 
 
 def _literal(text: str) -> str:
@@ -350,6 +353,28 @@ $$ LANGUAGE plpgsql VOLATILE {_INDEX_ONLY};
 """
 
 
+def _help_procedure(s: str) -> str:
+    # What an appender runs after its commit, in one round trip: rounds of
+    # eventstore_sequence(false), each committed at once (releasing the
+    # sequencer's lock), until one finds nothing committed waiting or the lock
+    # busy -- whose holder then probes again after its own commit. A procedure,
+    # not a function, for the COMMIT: the caller is in autocommit mode.
+    return f"""
+CREATE OR REPLACE PROCEDURE {s}.eventstore_help(rounds integer DEFAULT {HELP_ROUNDS})
+AS $$
+DECLARE
+  result bigint;
+BEGIN
+  FOR i IN 1..rounds LOOP
+    result := {s}.eventstore_sequence(false);
+    COMMIT;
+    EXIT WHEN result IN ({EMPTY}, {BUSY});
+  END LOOP;
+END;
+$$ LANGUAGE plpgsql;
+"""
+
+
 def sequencer_ddl(schema: str) -> list[str]:
     """Idempotent statements creating the sequencer's functions and triggers
     (after the queue table, which comes from its model)."""
@@ -363,6 +388,7 @@ def sequencer_ddl(schema: str) -> list[str]:
         f"DROP TRIGGER IF EXISTS eventstore_link_waiting ON {s}.streams",
         _link_waiting_trigger(s),
         _sequence_function(s),
+        _help_procedure(s),
         f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
         _quiet_notification_trigger(s),
     ]
@@ -376,5 +402,6 @@ def drop_sequencer_ddl(schema: str, reference_notification_trigger: str) -> list
         f"DROP TRIGGER IF EXISTS eventstore_link_waiting ON {s}.streams",
         f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
         reference_notification_trigger,
+        f"DROP PROCEDURE IF EXISTS {s}.eventstore_help(integer)",
         f"DROP FUNCTION IF EXISTS {s}.eventstore_sequence(boolean), {s}.eventstore_link_waiting()",
     ]

@@ -8,7 +8,7 @@ written here once. The numbering itself is the database's
 
 from __future__ import annotations
 
-from .sequencer_sql import BUSY, EMPTY
+from .sequencer_sql import BUSY, EMPTY, HELP_ROUNDS
 from .sql import Statements
 from .steps import Op, Query
 
@@ -18,11 +18,11 @@ __all__ = [
     "MAX_POLL",
     "advance",
     "current_xid",
+    "has_help_procedure",
     "help_others",
     "xid_status",
 ]
 
-HELP_ROUNDS = 16  # sequencer rounds one appender runs at most for others
 FIRST_POLL = 0.0005  # seconds between txid_status checks, doubled up to MAX_POLL
 MAX_POLL = 0.05
 
@@ -35,16 +35,28 @@ def advance(sql: Statements) -> Op[int]:
     return int(head)
 
 
-def help_others(sql: Statements) -> Op[None]:
+def help_others(sql: Statements, *, procedure: bool = True) -> Op[None]:
     """After a commit: number what waits unless another sequencer is at it.
 
     Only *tries* the sequencer's lock (see :meth:`.sequencer.Sequencer.help`),
-    and probes again after each round it ran, at most ``HELP_ROUNDS`` times.
+    and probes again after each round it ran, at most ``HELP_ROUNDS`` times:
+    in one round trip, ``<schema>.eventstore_help()`` (on a connection in
+    autocommit mode: it commits each round), or, on a schema whose additions
+    predate that procedure (``procedure`` False), one call per round.
     """
+    if procedure:
+        yield Query(sql.help)
+        return
     for _ in range(HELP_ROUNDS):
         ((result,),) = yield Query(sql.sequence, {"wait": False})
         if int(result) in (EMPTY, BUSY):
             return
+
+
+def has_help_procedure(sql: Statements) -> Op[bool]:
+    """Whether the schema has ``eventstore_help()`` (``init``/``migrate`` add it)."""
+    ((found,),) = yield Query(sql.has_help)
+    return bool(found)
 
 
 def current_xid(sql: Statements) -> Op[int]:

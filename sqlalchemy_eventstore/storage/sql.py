@@ -422,6 +422,8 @@ FROM (SELECT 1) AS one LEFT JOIN deleted_stream d ON true LEFT JOIN current_stre
         # The sequencer (see sequencer_sql): numbering committed waiting appends
         # into $all; a transaction's id, and its outcome seen from another session.
         self.sequence = f"SELECT {s}.eventstore_sequence(%(wait)s)"
+        self.help = f"CALL {s}.eventstore_help()"
+        self.has_help = f"SELECT to_regprocedure('{s}.eventstore_help(integer)') IS NOT NULL"
         self.current_xid = "SELECT txid_current()"
         self.xid_status = "SELECT txid_status(%(xid)s)"
         self.record_snapshot = f"""
