@@ -51,6 +51,19 @@ def settle(store: Any) -> None:
     assert sequencer is not None and sequencer.drain(), "the sequencer's worker is stuck"
 
 
+def calls_own(store: Any, statements: list[str]) -> list[str]:
+    """The statements a storage call sent itself: without the sequencer's
+    calls (an append numbering itself into $all after its commit, on a pooled
+    connection in autocommit mode) and, in sequencer mode, without the store's
+    timeout, which a connection that such a call opened sets once, at its
+    first use by a storage call."""
+    numbering = ("eventstore_help(", "eventstore_sequence(")
+    own = [s for s in statements if not any(call in s for call in numbering)]
+    if store.global_order == "sequencer":
+        own = [s for s in own if not s.startswith("SELECT set_config('statement_timeout'")]
+    return own
+
+
 def waiting(admin_engine: Engine, schema: str) -> int:
     """Committed appends waiting in the queue."""
     with admin_engine.connect() as conn:
