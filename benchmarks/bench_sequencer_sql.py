@@ -37,9 +37,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
-from bench_sequencer import drop_schema, new_schema
+from bench_sequencer import drop_schema, new_schema, numberer
 from bench_storage import server
 from sqlalchemy.engine import URL
 
@@ -96,13 +95,8 @@ def run_pgbench(
     stop = threading.Event()
     numbering = None
     if variant == "sequencer, one numberer":
-
-        def numberer() -> None:
-            while not stop.is_set():
-                if store.advance_all_stream() < 0:
-                    time.sleep(0.0005)
-
-        numbering = threading.Thread(target=numberer)
+        text = url.render_as_string(hide_password=False)
+        numbering = threading.Thread(target=numberer, args=(text, schema, stop))
         numbering.start()
     try:
         with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:

@@ -14,13 +14,18 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import Engine
 
 
+def quoted(schema: str) -> str:
+    """``schema`` as a quoted identifier (any name the store accepts)."""
+    return '"' + schema.replace('"', '""') + '"'
+
+
 def all_rows(admin_engine: Engine, schema: str) -> list[tuple[int, str, int]]:
     """``$all`` as stored: (position, original stream_uuid, original version)."""
     with admin_engine.connect() as conn:
         rows = conn.exec_driver_sql(
             f"""SELECT se.stream_version, s.stream_uuid, se.original_stream_version
-                FROM "{schema}".stream_events se
-                JOIN "{schema}".streams s ON s.stream_id = se.original_stream_id
+                FROM {quoted(schema)}.stream_events se
+                JOIN {quoted(schema)}.streams s ON s.stream_id = se.original_stream_id
                 WHERE se.stream_id = 0 ORDER BY se.stream_version"""
         ).all()
     return [(int(r[0]), str(r[1]), int(r[2])) for r in rows]
@@ -46,17 +51,32 @@ def settle(store: Any) -> None:
     assert sequencer is not None and sequencer.drain(), "the sequencer's worker is stuck"
 
 
+def calls_own(store: Any, statements: list[str]) -> list[str]:
+    """The statements a storage call sent itself: without the sequencer's
+    calls (an append numbering itself into $all after its commit, on a pooled
+    connection in autocommit mode) and, in sequencer mode, without the store's
+    timeout, which a connection that such a call opened sets once, at its
+    first use by a storage call."""
+    numbering = ("eventstore_help(", "eventstore_sequence(")
+    own = [s for s in statements if not any(call in s for call in numbering)]
+    if store.global_order == "sequencer":
+        own = [s for s in own if not s.startswith("SELECT set_config('statement_timeout'")]
+    return own
+
+
 def waiting(admin_engine: Engine, schema: str) -> int:
     """Committed appends waiting in the queue."""
     with admin_engine.connect() as conn:
-        return int(conn.exec_driver_sql(f'SELECT count(*) FROM "{schema}".unsequenced').scalar())
+        return int(
+            conn.exec_driver_sql(f"SELECT count(*) FROM {quoted(schema)}.unsequenced").scalar()
+        )
 
 
 def all_head(admin_engine: Engine, schema: str) -> int:
     with admin_engine.connect() as conn:
         return int(
             conn.exec_driver_sql(
-                f'SELECT stream_version FROM "{schema}".streams WHERE stream_id = 0'
+                f"SELECT stream_version FROM {quoted(schema)}.streams WHERE stream_id = 0"
             ).scalar()
         )
 

@@ -40,6 +40,7 @@ from sqlalchemy_eventstore.errors import (
 )
 
 from .event_factory import create_events, new_stream
+from .sequencer_helpers import calls_own
 
 EVENT_TYPE = "tests.EventFactory.Event"
 
@@ -59,13 +60,6 @@ def recorded_statements(engine: Engine) -> Iterator[list[str]]:
         yield statements
     finally:
         event.remove(engine, "before_cursor_execute", listener)
-
-
-def appends_own(statements: list[str]) -> list[str]:
-    """``statements`` without the sequencer's (its worker's numbering calls)."""
-    return [
-        s for s in statements if "eventstore_help(" not in s and "eventstore_sequence(" not in s
-    ]
 
 
 def all_numbers(store: EventStore) -> list[int]:
@@ -598,14 +592,7 @@ def test_ten_thousand_events_in_one_statement(
 def test_append_is_one_statement_on_existing_stream(store: EventStore, existing: str) -> None:
     with recorded_statements(store.engine) as statements:
         store.append_to_stream(existing, 3, create_events(5))
-    own = appends_own(statements)
-    if store.global_order == "sequencer":
-        # After its commit the append numbers itself into $all on a pooled
-        # connection in autocommit mode (the sequencer's calls are not the
-        # append's statements); a connection that such a call opened sets the
-        # store's timeout once, at its first use by a storage call.
-        own = [s for s in own if not s.startswith("SELECT set_config('statement_timeout'")]
-    assert len(own) == 1
+    assert len(calls_own(store, statements)) == 1
 
 
 def test_append_after_a_large_batch(store: EventStore) -> None:

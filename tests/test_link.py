@@ -36,6 +36,7 @@ from sqlalchemy_eventstore.errors import (
 )
 
 from .event_factory import create_events, new_stream
+from .sequencer_helpers import calls_own
 
 
 @contextmanager
@@ -43,9 +44,7 @@ def recorded_statements(engine: Engine) -> Iterator[list[str]]:
     statements: list[str] = []
 
     def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # Not the sequencer's calls (numbering earlier appends).
-        if "eventstore_help(" not in statement and "eventstore_sequence(" not in statement:
-            statements.append(statement)
+        statements.append(statement)
 
     event.listen(engine, "before_cursor_execute", listener)
     try:
@@ -228,14 +227,6 @@ def test_linking_does_not_add_to_all(store: EventStore, source: Any, other: str)
 
     assert store.read_all_streams_forward() == before
     assert store.stream_info(ALL_STREAM).stream_version == 4
-
-
-def calls_own(store: EventStore, statements: list[str]) -> list[str]:
-    """In sequencer mode, without the timeout that a pooled connection the
-    sequencer's calls opened gets at its first use by a storage call."""
-    if store.global_order == "lock":
-        return statements
-    return [s for s in statements if not s.startswith("SELECT set_config('statement_timeout'")]
 
 
 def test_link_is_one_statement(store: EventStore, source: Any) -> None:

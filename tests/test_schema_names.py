@@ -15,11 +15,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, Engine
 
 from sqlalchemy_eventstore import ANY_VERSION, EventData, EventStore
 from sqlalchemy_eventstore.flask import FlaskEventStore
 
+from .sequencer_helpers import all_rows, waiting
 from .subscription_helpers import WAIT
 from .test_cli import assert_failed, run, url_text
 
@@ -47,23 +48,23 @@ def test_names_that_cannot_work_are_refused_at_construction(
     assert says in str(raised.value)
 
 
-@pytest.mark.parametrize(
-    "schema",
-    [
-        LONGEST,
-        "é" * 28,  # 56 bytes
-        'with "quotes"',
-        "it's",
-        "with space",
-        "dotted.name",
-        "MixedCase",
-        "événements_日本",
-        "semi;colon--",
-        "colon:name",
-        "back\\slash",
-        "trailing ",
-    ],
-)
+NAMES_THAT_WORK = [
+    LONGEST,
+    "é" * 28,  # 56 bytes
+    'with "quotes"',
+    "it's",
+    "with space",
+    "dotted.name",
+    "MixedCase",
+    "événements_日本",
+    "semi;colon--",
+    "colon:name",
+    "back\\slash",
+    "trailing ",
+]
+
+
+@pytest.mark.parametrize("schema", NAMES_THAT_WORK)
 def test_names_that_work_work_everywhere(make_store: Callable[..., EventStore], schema: str):
     store = make_store(schema=schema)
     subscription = store.subscribe("$all")
@@ -79,6 +80,17 @@ def test_names_that_work_work_everywhere(make_store: Callable[..., EventStore], 
     # Parked events announce themselves on "<schema>.parked": it fits too.
     assert store.replay_parked("names", "s") == 0
     assert store.parked_events("names", "s") == []
+
+
+@pytest.mark.parametrize("schema", NAMES_THAT_WORK)
+def test_names_that_work_are_numbered_by_the_appender_in_sequencer_mode(
+    make_store: Callable[..., EventStore], admin_engine: Engine, schema: str
+):
+    """The append's own call after its commit numbers it (no reader asks)."""
+    store = make_store(schema=schema, global_order="sequencer")
+    store.append_to_stream("s", ANY_VERSION, [EventData("T", {"i": 1})])
+    assert waiting(admin_engine, schema) == 0
+    assert all_rows(admin_engine, schema) == [(1, "s", 1)]
 
 
 def test_the_command_applies_the_same_rule(database_url: URL):

@@ -68,12 +68,8 @@ class AsyncSequencer:
     async def help(self) -> None:
         """After a commit: number what waits unless another sequencer is at it."""
         async with self._own() as own:
-            if self._procedure is None:
-                self._procedure = await self._runner.run(
-                    own, sequencing.has_help_procedure(self._sql)
-                )
-            await self._runner.run(
-                own, sequencing.help_others(self._sql, procedure=self._procedure)
+            self._procedure = await self._runner.run(
+                own, sequencing.help_others(self._sql, self._procedure)
             )
 
     async def help_quietly(self) -> None:

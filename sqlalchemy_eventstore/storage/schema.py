@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..models import ADDITION_TABLES, metadata_for
-from .sequencer_sql import drop_sequencer_ddl, sequencer_ddl
+from .sequencer_sql import HELP_PROCEDURE, drop_sequencer_ddl, sequencer_ddl
 
 __all__ = [
     "ADDITIONS_NAME",
@@ -67,7 +67,7 @@ _TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "
 _ADDITION_TABLES = tuple(sorted(ADDITION_TABLES))
 _FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
 _ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence(boolean)")
-_ADDITION_PROCEDURES = ("eventstore_help(integer)",)
+_ADDITION_PROCEDURES = (HELP_PROCEDURE,)
 
 
 def quote_ident(name: str) -> str:

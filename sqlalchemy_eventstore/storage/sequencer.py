@@ -110,9 +110,7 @@ class Sequencer:
         that procedure.
         """
         with connection(self._engine, None, transaction=False) as own:
-            if self._procedure is None:
-                self._procedure = run(own, sequencing.has_help_procedure(self._sql))
-            run(own, sequencing.help_others(self._sql, procedure=self._procedure))
+            self._procedure = run(own, sequencing.help_others(self._sql, self._procedure))
 
     def help_quietly(self) -> None:
         """:meth:`help` for callers whose own work already succeeded (an append,

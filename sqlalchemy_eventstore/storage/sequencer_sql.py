@@ -57,9 +57,11 @@ __all__ = [
     "drop_sequencer_ddl",
     "EMPTIED",
     "EMPTY",
+    "HELP_PROCEDURE",
     "HELP_ROUNDS",
     "QUEUE_TABLE",
     "STATE_TABLE",
+    "has_help_procedure_sql",
     "sequencer_ddl",
 ]
 
@@ -74,6 +76,8 @@ BUSY = -2  # (wait false) another sequencer holds the lock
 EMPTIED = -3  # the lock was taken, and the queue found empty under it
 #: Sequencer rounds an appender runs at most for others after its commit.
 HELP_ROUNDS = 16
+#: The procedure appenders call after their commit, by its signature.
+HELP_PROCEDURE = "eventstore_help(integer)"
 
 
 def _literal(text: str) -> str:
@@ -375,6 +379,13 @@ $$ LANGUAGE plpgsql;
 """
 
 
+def has_help_procedure_sql(schema: str) -> str:
+    """A query: whether ``schema`` has :data:`HELP_PROCEDURE` (schemas whose
+    additions predate it lack it until ``init``/``migrate``)."""
+    name = quote_ident(schema) + "." + HELP_PROCEDURE
+    return f"SELECT to_regprocedure({_literal(name)}) IS NOT NULL"
+
+
 def sequencer_ddl(schema: str) -> list[str]:
     """Idempotent statements creating the sequencer's functions and triggers
     (after the queue table, which comes from its model)."""
@@ -402,6 +413,6 @@ def drop_sequencer_ddl(schema: str, reference_notification_trigger: str) -> list
         f"DROP TRIGGER IF EXISTS eventstore_link_waiting ON {s}.streams",
         f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
         reference_notification_trigger,
-        f"DROP PROCEDURE IF EXISTS {s}.eventstore_help(integer)",
+        f"DROP PROCEDURE IF EXISTS {s}.{HELP_PROCEDURE}",
         f"DROP FUNCTION IF EXISTS {s}.eventstore_sequence(boolean), {s}.eventstore_link_waiting()",
     ]

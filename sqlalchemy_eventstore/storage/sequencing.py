@@ -18,7 +18,6 @@ __all__ = [
     "MAX_POLL",
     "advance",
     "current_xid",
-    "has_help_procedure",
     "help_others",
     "xid_status",
 ]
@@ -35,28 +34,28 @@ def advance(sql: Statements) -> Op[int]:
     return int(head)
 
 
-def help_others(sql: Statements, *, procedure: bool = True) -> Op[None]:
+def help_others(sql: Statements, procedure: bool | None) -> Op[bool]:
     """After a commit: number what waits unless another sequencer is at it.
 
     Only *tries* the sequencer's lock (see :meth:`.sequencer.Sequencer.help`),
     and probes again after each round it ran, at most ``HELP_ROUNDS`` times:
     in one round trip, ``<schema>.eventstore_help()`` (on a connection in
     autocommit mode: it commits each round), or, on a schema whose additions
-    predate that procedure (``procedure`` False), one call per round.
+    predate that procedure, one call per round. ``procedure`` says whether
+    the schema has it (None: unknown, looked up first); returns what it knows
+    now, for the caller's next call.
     """
+    if procedure is None:
+        ((found,),) = yield Query(sql.has_help)
+        procedure = bool(found)
     if procedure:
         yield Query(sql.help)
-        return
+        return True
     for _ in range(HELP_ROUNDS):
         ((result,),) = yield Query(sql.sequence, {"wait": False})
         if int(result) in (EMPTY, BUSY):
-            return
-
-
-def has_help_procedure(sql: Statements) -> Op[bool]:
-    """Whether the schema has ``eventstore_help()`` (``init``/``migrate`` add it)."""
-    ((found,),) = yield Query(sql.has_help)
-    return bool(found)
+            break
+    return False
 
 
 def current_xid(sql: Statements) -> Op[int]:

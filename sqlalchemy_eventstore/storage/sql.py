@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .prepared import Prepared
 from .schema import quote_ident
+from .sequencer_sql import has_help_procedure_sql
 
 __all__ = ["Statements", "SORT_COLUMNS"]
 
@@ -423,7 +424,7 @@ FROM (SELECT 1) AS one LEFT JOIN deleted_stream d ON true LEFT JOIN current_stre
         # into $all; a transaction's id, and its outcome seen from another session.
         self.sequence = f"SELECT {s}.eventstore_sequence(%(wait)s)"
         self.help = f"CALL {s}.eventstore_help()"
-        self.has_help = f"SELECT to_regprocedure('{s}.eventstore_help(integer)') IS NOT NULL"
+        self.has_help = has_help_procedure_sql(schema)
         self.current_xid = "SELECT txid_current()"
         self.xid_status = "SELECT txid_status(%(xid)s)"
         self.record_snapshot = f"""
