@@ -20,8 +20,11 @@ modes on the same server in the same run, each in a fresh schema:
    mode; lock mode adds the 5 s), beside the same difference for windows in
    which nothing is held (the noise floor of this machine at that moment);
 3. subscriber latency: a persistent ``$all`` subscription with a handler,
-   from just *before* each single-event append call to the handler, alone and
-   while 4 writer processes append in the background (target p99 < 25 ms);
+   from just *before* each single-event append call to the handler (target
+   p99 < 25 ms): alone, while 4 writer processes append flat out (which
+   saturates a small machine's CPU: the share of CPU time busy is printed), and
+   while they append at a steady 50 appends/s each; the modes alternate over
+   --rounds and each mode's samples are pooled;
 4. what NOTIFY costs: the sequencer throughput of (1) with the stream row's
    NOTIFY at every append's commit (the reference's trigger without this
    package's WHEN clause) against the batched notification;
@@ -87,8 +90,10 @@ def writer(
     start: Any,
     stop: Any,
     results: Any,
+    pace: float = 0.0,
 ) -> None:
-    """Append batches until ``stop``; report (events, [latency ms, stamped])."""
+    """Append batches until ``stop`` (``pace`` appends/s, 0: flat out); report
+    (events, [latency ms, stamped])."""
     order = "sequencer" if mode == CEILING else mode
     store = EventStore(url, schema=schema, global_order=order, name=f"bench-{stream}")
     if mode == CEILING:
@@ -99,7 +104,11 @@ def writer(
     start.wait()
     done = 0
     samples: list[tuple[float, float]] = []
+    due = time.perf_counter()
     while not stop.is_set():
+        if pace:
+            due += 1 / pace
+            time.sleep(max(0.0, due - time.perf_counter()))
         began = time.perf_counter()
         store.append_to_stream(stream, ANY_VERSION, events)
         ended = time.perf_counter()
@@ -112,7 +121,9 @@ def writer(
 class Writers:
     """N writer processes on distinct streams, released together."""
 
-    def __init__(self, url: URL, schema: str, mode: str, n: int, batch: int) -> None:
+    def __init__(
+        self, url: URL, schema: str, mode: str, n: int, batch: int, pace: float = 0.0
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.start = ctx.Barrier(n + 1)
         self.stop = ctx.Event()
@@ -121,7 +132,17 @@ class Writers:
         self.procs = [
             ctx.Process(
                 target=writer,
-                args=(text, schema, mode, f"w-{i}", batch, self.start, self.stop, self.results),
+                args=(
+                    text,
+                    schema,
+                    mode,
+                    f"w-{i}",
+                    batch,
+                    self.start,
+                    self.stop,
+                    self.results,
+                    pace,
+                ),
             )
             for i in range(n)
         ]
@@ -242,7 +263,23 @@ def held_transaction(url: URL, mode: str, hold: float, rounds: int) -> tuple[flo
 # -- subscriber latency ------------------------------------------------------------------
 
 
-def subscriber_latency(url: URL, mode: str, n: int, load: int) -> list[float]:
+def cpu_times() -> tuple[int, int] | None:
+    """(busy, total) jiffies of every CPU so far (Linux; None elsewhere)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def subscriber_latency(
+    url: URL, mode: str, n: int, load: int, pace: float = 0.0
+) -> tuple[list[float], float | None, float]:
+    """``n`` probes' latencies (ms) with ``load`` writers at ``pace`` appends/s
+    each (0: flat out); the share of CPU time busy meanwhile and the writers'
+    events/s (what the subscriber had to keep up with besides the probes)."""
     schema = new_schema(url, mode)
     try:
         store = EventStore(url, schema=schema, global_order=mode)
@@ -259,9 +296,12 @@ def subscriber_latency(url: URL, mode: str, n: int, load: int) -> list[float]:
             "bench-latency", handler=handler, start_from=CURRENT, buffer_size=1000
         )
         assert sub.wait_subscribed(10)
-        writers = Writers(url, schema, mode, load, 1) if load else None
+        writers = Writers(url, schema, mode, load, 1, pace) if load else None
         if writers is not None:
             writers.go()
+            time.sleep(0.5)  # past the writers' start
+        before = cpu_times()
+        began = time.time()
         samples = []
         for i in range(n):
             arrived.clear()
@@ -273,11 +313,18 @@ def subscriber_latency(url: URL, mode: str, n: int, load: int) -> list[float]:
                 break
             samples.append((stamp[0] - sent) * 1000)
             time.sleep(0.01)
+        after = cpu_times()
+        ended = time.time()
+        rate = 0.0
         if writers is not None:
-            writers.finish()
+            _, appended = writers.finish()
+            rate = sum(1 for stamp, _ in appended if began <= stamp < ended) / (ended - began)
         sub.unsubscribe()
         store.close()
-        return samples
+        busy = None
+        if before is not None and after is not None and after[1] > before[1]:
+            busy = (after[0] - before[0]) / (after[1] - before[1])
+        return samples, busy, rate
     finally:
         drop_schema(url, schema)
 
@@ -368,14 +415,29 @@ def main(argv: list[str] | None = None) -> int:
                 f"(noise floor: nothing held {control:8.1f}, {noise:+.1f})  {target}",
                 flush=True,
             )
-        print(f"\n3. $all subscriber latency, {probes} probes, append call -> handler (ms)")
-        for load in (0, 4):
+        print(
+            f"\n3. $all subscriber latency, append call -> handler (ms), {probes} probes "
+            f"x {rounds} rounds per mode"
+        )
+        loads = ((0, 0.0, "alone"), (4, 0.0, "4 writers flat out"), (4, 50.0, "4 writers 50/s"))
+        for load, pace, label in loads:
+            pooled: dict[str, list[float]] = {mode: [] for mode in MODES}
+            busy: dict[str, list[float]] = {mode: [] for mode in MODES}
+            rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+            for r in range(rounds):
+                for mode in MODES[r % 2 :] + MODES[: r % 2]:
+                    samples, share, rate = subscriber_latency(url, mode, probes, load, pace)
+                    pooled[mode] += samples
+                    rates[mode].append(rate)
+                    if share is not None:
+                        busy[mode].append(share)
             for mode in MODES:
-                samples = subscriber_latency(url, mode, probes, load)
-                p50, p99 = percentile(samples, 50), percentile(samples, 99)
+                p50, p99 = percentile(pooled[mode], 50), percentile(pooled[mode], 99)
+                cpu = f"  CPU busy {statistics.mean(busy[mode]):4.0%}" if busy[mode] else ""
+                rate = f"  writers {statistics.mean(rates[mode]):5.0f} ev/s" if load else ""
                 print(
-                    f"   {mode:>9}, {load} other writers: p50 {p50:6.1f}  p99 {p99:6.1f}  "
-                    f"{verdict(p99 < 25)} (p99 < 25)",
+                    f"   {mode:>9}, {label:>18}: p50 {p50:6.1f}  p99 {p99:6.1f}  "
+                    f"{verdict(p99 < 25)} (p99 < 25){cpu}{rate}",
                     flush=True,
                 )
         print("\n4. NOTIFY at every append's commit vs per sequencer batch (16 writers, batch 1)")

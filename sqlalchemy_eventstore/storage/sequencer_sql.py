@@ -119,21 +119,32 @@ $eventstore$
 """
 
 
-def _waiting_probe(s: str) -> str:
-    """PL/pgSQL: FOUND when a committed queue row waits (``v_nt``, ``v_gaps`` set).
+def _waiting_probe(s: str, *, whole_state: bool = False) -> str:
+    """PL/pgSQL: sets ``v_waiting``, whether a committed queue row waits
+    (``v_nt``, ``v_gaps`` set; with ``whole_state`` also ``v_run``,
+    ``v_horizons`` and ``row_xid``).
 
-    Never walks numbered rows: one index descent above ``numbered_through``
-    (rows there are waiting or in flight), and one per gap.
+    One statement reads the state row and probes the queue above
+    ``numbered_through``: one index descent (rows there are waiting or in
+    flight), never a walk over numbered rows; the gaps, when there are any,
+    take one more lookup each.
     """
+    if whole_state:
+        columns = "st.run, st.numbered_through, st.gaps, st.gap_horizons, st.xmin"
+        into = "v_run, v_nt, v_gaps, v_horizons, row_xid"
+    else:
+        columns, into = "st.numbered_through, st.gaps", "v_nt, v_gaps"
     return f"""
-  SELECT numbered_through, gaps INTO v_nt, v_gaps
-  FROM {s}.{STATE_TABLE} ORDER BY run DESC LIMIT 1;
+  SELECT {columns},
+         EXISTS (SELECT 1 FROM {s}.{QUEUE_TABLE} q WHERE q.seq > st.numbered_through)
+  INTO {into}, v_waiting
+  FROM (SELECT run, numbered_through, gaps, gap_horizons, xmin
+        FROM {s}.{STATE_TABLE} ORDER BY run DESC LIMIT 1) st;
   IF NOT FOUND THEN
     RAISE EXCEPTION 'EventStore: the sequencer_state row is missing (run init or migrate)';
   END IF;
-  PERFORM 1 FROM {s}.{QUEUE_TABLE} WHERE seq > v_nt ORDER BY seq LIMIT 1;
-  IF NOT FOUND AND cardinality(v_gaps) > 0 THEN
-    PERFORM 1 FROM {s}.{QUEUE_TABLE} WHERE seq = ANY(v_gaps) LIMIT 1;
+  IF NOT v_waiting AND cardinality(v_gaps) > 0 THEN
+    v_waiting := EXISTS (SELECT 1 FROM {s}.{QUEUE_TABLE} WHERE seq = ANY(v_gaps));
   END IF;"""
 
 
@@ -157,6 +168,7 @@ DECLARE
   v_run bigint;
   v_nt bigint;
   v_gaps bigint[];
+  v_waiting boolean;
   v_horizons bigint[];
   row_xid xid;
   row_horizon bigint;
@@ -164,6 +176,8 @@ DECLARE
   linked bigint;
   streams_notified bigint;
   taken_seqs bigint[];
+  top_taken bigint;
+  taken_above bigint;
   snap_xmin bigint;
   new_nt bigint;
   kept_gaps bigint[];
@@ -171,8 +185,9 @@ DECLARE
   fresh_gaps bigint[];
 BEGIN
   -- Nothing waits (the common case): an index descent, plus one per gap.
-  {_waiting_probe(s)}
-  IF NOT FOUND THEN
+  -- The state row is read whole here, once.
+  {_waiting_probe(s, whole_state=True)}
+  IF NOT v_waiting THEN
     IF NEW.stream_version = OLD.stream_version THEN
       RETURN NULL;  -- a sequencer's touch that found nothing: no update
     END IF;
@@ -184,10 +199,8 @@ BEGIN
   -- statement's fresh snapshot) get the positions just above the head, in
   -- queue order, each append's events in stream order. Rows of appends not
   -- committed yet are invisible here and wait for a later run. Only rows
-  -- above numbered_through and at the gaps are visited.
-  SELECT run, numbered_through, gaps, gap_horizons, xmin
-  INTO v_run, v_nt, v_gaps, v_horizons, row_xid
-  FROM {s}.{STATE_TABLE} ORDER BY run DESC LIMIT 1;
+  -- above numbered_through and at the gaps are visited. (The state row read
+  -- by the probe is current: only numberers write it, under this lock.)
   WITH taken AS (
     DELETE FROM {s}.{QUEUE_TABLE}
     WHERE seq > v_nt OR seq = ANY(v_gaps)
@@ -224,9 +237,11 @@ BEGIN
   )
   SELECT (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified),
          (SELECT coalesce(array_agg(seq), '{{}}') FROM taken),
+         (SELECT max(seq) FROM taken),
+         (SELECT count(*) FROM taken WHERE seq > v_nt),
          -- this statement's snapshot: every transaction below it has ended
          CAST(CAST(pg_snapshot_xmin(pg_current_snapshot()) AS text) AS bigint)
-  INTO linked, streams_notified, taken_seqs, snap_xmin;
+  INTO linked, streams_notified, taken_seqs, top_taken, taken_above, snap_xmin;
 
   -- The state. Every seq up to the highest taken is now numbered or a gap:
   -- invisible to the snapshot above (its append in flight, rolled back, or
@@ -235,7 +250,9 @@ BEGIN
   -- transaction id assigned after the snapshot is above it (its horizon).
   -- Once the snapshot's xmin passes a gap's horizon, its writer has ended:
   -- committed, its row was visible and taken; otherwise it never will be.
-  new_nt := greatest(v_nt, (SELECT max(x) FROM unnest(taken_seqs) x));
+  -- (The statements on gaps below run only when there are gaps: the common
+  -- case is a batch of consecutive seqs and no gap.)
+  new_nt := greatest(v_nt, top_taken);
   IF array_position(v_horizons, NULL) IS NOT NULL THEN
     -- NULL: this row version's xmin (the subtransaction that wrote it), as a
     -- 64-bit id next to this transaction's own.
@@ -247,14 +264,24 @@ BEGIN
       row_horizon := row_horizon + 4294967296;
     END IF;
   END IF;
-  SELECT coalesce(array_agg(g.seq ORDER BY g.seq), '{{}}'),
-         coalesce(array_agg(coalesce(g.horizon, row_horizon) ORDER BY g.seq), '{{}}')
-  INTO kept_gaps, kept_horizons
-  FROM unnest(v_gaps, v_horizons) AS g(seq, horizon)
-  WHERE coalesce(g.horizon, row_horizon) >= snap_xmin
-    AND NOT EXISTS (SELECT 1 FROM unnest(taken_seqs) x WHERE x = g.seq);
-  SELECT coalesce(array_agg(f ORDER BY f), '{{}}') INTO fresh_gaps
-  FROM (SELECT generate_series(v_nt + 1, new_nt) EXCEPT SELECT unnest(taken_seqs)) AS f(f);
+  IF cardinality(v_gaps) > 0 THEN
+    SELECT coalesce(array_agg(g.seq ORDER BY g.seq), '{{}}'),
+           coalesce(array_agg(coalesce(g.horizon, row_horizon) ORDER BY g.seq), '{{}}')
+    INTO kept_gaps, kept_horizons
+    FROM unnest(v_gaps, v_horizons) AS g(seq, horizon)
+    WHERE coalesce(g.horizon, row_horizon) >= snap_xmin
+      AND NOT EXISTS (SELECT 1 FROM unnest(taken_seqs) x WHERE x = g.seq);
+  ELSE
+    kept_gaps := v_gaps;
+    kept_horizons := v_horizons;
+  END IF;
+  -- The seqs up to new_nt not taken: none when every one above v_nt was.
+  IF new_nt - v_nt > taken_above THEN
+    SELECT coalesce(array_agg(f ORDER BY f), '{{}}') INTO fresh_gaps
+    FROM (SELECT generate_series(v_nt + 1, new_nt) EXCEPT SELECT unnest(taken_seqs)) AS f(f);
+  ELSE
+    fresh_gaps := '{{}}';
+  END IF;
 
   -- The next state row replaces the one read (see models.SequencerState).
   IF cardinality(fresh_gaps) > 0 THEN
@@ -272,9 +299,9 @@ BEGIN
     DELETE FROM {s}.{STATE_TABLE} WHERE run = v_run;
   ELSIF new_nt <> v_nt OR kept_gaps IS DISTINCT FROM v_gaps
         OR kept_horizons IS DISTINCT FROM v_horizons THEN
+    WITH replaced AS (DELETE FROM {s}.{STATE_TABLE} WHERE run = v_run)
     INSERT INTO {s}.{STATE_TABLE} (run, numbered_through, gaps, gap_horizons)
     VALUES (v_run + 1, new_nt, kept_gaps, kept_horizons);
-    DELETE FROM {s}.{STATE_TABLE} WHERE run = v_run;
   END IF;
 
   IF linked = 0 AND NEW.stream_version = OLD.stream_version THEN
@@ -323,12 +350,13 @@ DECLARE
   head bigint;
   v_nt bigint;
   v_gaps bigint[];
+  v_waiting boolean;
 BEGIN
   -- Nothing committed waits: every committed event is in $all already (a
   -- queue row and its $all links are removed and written in one
   -- transaction). The common case costs one index probe and no lock.
   {_waiting_probe(s)}
-  IF NOT FOUND THEN
+  IF NOT v_waiting THEN
     RETURN {EMPTY};
   END IF;
   -- One sequencer per schema at a time across every process: the key is the
@@ -344,7 +372,7 @@ BEGIN
     RETURN {BUSY};
   END IF;
   {_waiting_probe(s)}
-  IF NOT FOUND THEN
+  IF NOT v_waiting THEN
     RETURN {EMPTIED};
   END IF;
   -- Touching the $all row fires eventstore_link_waiting() under its lock.
