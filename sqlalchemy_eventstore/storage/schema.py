@@ -20,7 +20,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..models import ADDITION_TABLES, metadata_for
-from .sequencer_sql import HELP_PROCEDURE, drop_sequencer_ddl, sequencer_ddl
+from .sequencer_sql import (
+    HELP_PROCEDURE,
+    drop_sequencer_ddl,
+    has_help_procedure_sql,
+    sequencer_ddl,
+)
 
 __all__ = [
     "ADDITIONS_NAME",
@@ -67,7 +72,6 @@ _TABLES = ("stream_events", "events", "streams", "subscriptions", "snapshots", "
 _ADDITION_TABLES = tuple(sorted(ADDITION_TABLES))
 _FUNCTIONS = ("notify_events()", "event_store_delete()", "event_store_exception()")
 _ADDITION_FUNCTIONS = ("eventstore_link_waiting()", "eventstore_sequence(boolean)")
-_ADDITION_PROCEDURES = (HELP_PROCEDURE,)
 
 
 def quote_ident(name: str) -> str:
@@ -304,7 +308,7 @@ def drop_schema_ddl(schema: str) -> list[str]:
     statements = [
         "DROP TABLE IF EXISTS "
         + ", ".join(f"{s}.{table}" for table in (*_ADDITION_TABLES, *_TABLES)),
-        "DROP PROCEDURE IF EXISTS " + ", ".join(f"{s}.{fn}" for fn in _ADDITION_PROCEDURES),
+        f"DROP PROCEDURE IF EXISTS {s}.{HELP_PROCEDURE}",
         "DROP FUNCTION IF EXISTS "
         + ", ".join(f"{s}.{fn}" for fn in (*_ADDITION_FUNCTIONS, *_FUNCTIONS)),
     ]
@@ -352,11 +356,7 @@ def additions_incomplete(conn: Connection, schema: str) -> bool:
     its tables were (``eventstore_help``)."""
     if additions_missing(conn, schema):
         return True
-    s = quote_ident(schema)
-    return any(
-        conn.execute(text("SELECT to_regprocedure(:name)"), {"name": f"{s}.{fn}"}).scalar() is None
-        for fn in _ADDITION_PROCEDURES
-    )
+    return not conn.exec_driver_sql(has_help_procedure_sql(schema)).scalar()
 
 
 def add_additions(conn: Connection, schema: str) -> bool:
