@@ -23,8 +23,11 @@ from ..models import ADDITION_TABLES, metadata_for
 from .sequencer_sql import (
     HELP_PROCEDURE,
     drop_sequencer_ddl,
-    has_help_procedure_sql,
+    installed_revision_sql,
     sequencer_ddl,
+)
+from .sequencer_sql import (
+    REVISION as SEQUENCER_REVISION,
 )
 
 __all__ = [
@@ -352,11 +355,13 @@ def additions_missing(conn: Connection, schema: str) -> list[str]:
 
 
 def additions_incomplete(conn: Connection, schema: str) -> bool:
-    """Whether ``schema`` lacks an addition: a table, or a routine added since
-    its tables were (``eventstore_help``)."""
+    """Whether ``schema`` lacks an addition or has an outdated one: a table, or
+    the sequencer's routines at an older :data:`.sequencer_sql.REVISION` (or
+    none: made before ``eventstore_help``)."""
     if additions_missing(conn, schema):
         return True
-    return not conn.exec_driver_sql(has_help_procedure_sql(schema)).scalar()
+    installed = conn.exec_driver_sql(installed_revision_sql(schema)).scalar()
+    return installed is None or installed < SEQUENCER_REVISION
 
 
 def add_additions(conn: Connection, schema: str) -> bool:
