@@ -10,13 +10,21 @@ one a later version upgraded is left alone.
 from __future__ import annotations
 
 import hashlib
+import logging
+import uuid
 from collections.abc import Callable
 
 import pytest
 from sqlalchemy.engine import URL, Engine
 
 from sqlalchemy_eventstore import EventData, EventStore, commands
-from sqlalchemy_eventstore.storage.schema import ADDITIONS_NAME, additions_incomplete
+from sqlalchemy_eventstore.storage.schema import (
+    ADDITIONS_NAME,
+    add_additions,
+    additions_incomplete,
+    create_schema,
+    lock_schema_changes,
+)
 from sqlalchemy_eventstore.storage.sequencer_sql import (
     REVISION,
     installed_revision_sql,
@@ -140,3 +148,38 @@ def test_init_leaves_the_current_or_a_newer_revision_alone(
     assert store.init() is False
     assert sequence_body(admin_engine, store.schema) == replaced
     assert installed(admin_engine, store.schema) == newer
+
+
+def test_init_by_a_role_that_does_not_own_them_keeps_outdated_routines(
+    make_store: Factory, admin_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application's restricted role still starts on a schema whose routines
+    are outdated (they work as they are), and says so; the owner's migrate
+    replaces them. Strictly (migrate, Alembic), the same role is refused."""
+    store = make_store(global_order="sequencer")
+    install_old_routines(admin_engine, store.schema, comment=None)
+    outdated = sequence_body(admin_engine, store.schema)
+    role = f"es_user_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}"')
+        conn.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{store.schema}" TO "{role}"')
+        conn.commit()
+    try:
+        with store.engine.connect() as conn:
+            with conn.begin(), caplog.at_level(logging.WARNING, "sqlalchemy_eventstore.schema"):
+                conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
+                assert create_schema(conn, store.schema, "bytea") is False
+            assert "revision 1" in caplog.text and "eventstore migrate" in caplog.text
+            with pytest.raises(Exception, match="permission denied|must be owner"), conn.begin():
+                conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
+                lock_schema_changes(conn)
+                add_additions(conn, store.schema)
+        assert sequence_body(admin_engine, store.schema) == outdated
+        assert installed(admin_engine, store.schema) == 1
+    finally:
+        with admin_engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            conn.commit()
+    assert store.init() is False  # the owner replaces them
+    assert installed(admin_engine, store.schema) == REVISION

@@ -15,6 +15,8 @@ and ``schema_migrations`` rows are never changed by them.
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
@@ -29,6 +31,8 @@ from .sequencer_sql import (
 from .sequencer_sql import (
     REVISION as SEQUENCER_REVISION,
 )
+
+logger = logging.getLogger("sqlalchemy_eventstore.schema")
 
 __all__ = [
     "ADDITIONS_NAME",
@@ -360,19 +364,54 @@ def additions_incomplete(conn: Connection, schema: str) -> bool:
     none: made before ``eventstore_help``)."""
     if additions_missing(conn, schema):
         return True
-    installed = conn.exec_driver_sql(installed_revision_sql(schema)).scalar()
-    return installed is None or installed < SEQUENCER_REVISION
+    return _installed_revision(conn, schema) < SEQUENCER_REVISION
 
 
-def add_additions(conn: Connection, schema: str) -> bool:
-    """Create the additions in an existing event store unless present; True if it did.
+def _installed_revision(conn: Connection, schema: str) -> int:
+    return int(conn.exec_driver_sql(installed_revision_sql(schema)).scalar() or 0)
+
+
+def _owns_routines(conn: Connection, schema: str) -> bool:
+    """Whether the current role may replace the sequencer's routines and
+    triggers (it has the privileges of their owner and of ``streams``')."""
+    s = quote_ident(schema)
+    found = conn.execute(
+        text(
+            "SELECT pg_has_role(current_user, p.proowner, 'USAGE') "
+            "AND pg_has_role(current_user, c.relowner, 'USAGE') "
+            "FROM pg_proc p, pg_class c "
+            "WHERE p.oid = to_regprocedure(:procedure) AND c.oid = to_regclass(:streams)"
+        ),
+        {"procedure": f"{s}.{HELP_PROCEDURE}", "streams": f"{s}.streams"},
+    ).scalar()
+    return bool(found)
+
+
+def add_additions(conn: Connection, schema: str, *, strict: bool = True) -> bool:
+    """Create or update the additions in an existing event store; True if it did.
 
     The caller holds :data:`SCHEMA_LOCK_KEY`. When every addition is present
-    nothing is sent, so an ``init()`` by a role without CREATE rights still
-    succeeds on a complete schema.
+    and current nothing is sent, so an ``init()`` by a role without CREATE
+    rights still succeeds on a complete schema. With ``strict=False``
+    (``init()``), routines that are only outdated -- they work as they are --
+    stay when the role does not own them, with a warning: an application's
+    restricted role still starts, and ``eventstore migrate`` run as the owner
+    replaces them.
     """
-    if not additions_incomplete(conn, schema):
-        return False
+    if not additions_missing(conn, schema):
+        installed = _installed_revision(conn, schema)
+        if installed >= SEQUENCER_REVISION:
+            return False
+        if not strict and installed > 0 and not _owns_routines(conn, schema):
+            logger.warning(
+                "schema %s: the sequencer's routines are at revision %d, this version's "
+                "at %d; they keep working as they are. Run `eventstore migrate` as the "
+                "schema's owner to replace them.",
+                schema,
+                installed,
+                SEQUENCER_REVISION,
+            )
+            return False
     for statement in additions_ddl(schema):
         conn.exec_driver_sql(statement)
     return True
@@ -403,5 +442,5 @@ def create_schema(
             conn.exec_driver_sql(statement)
         created = True
     if additions:
-        add_additions(conn, schema)
+        add_additions(conn, schema, strict=False)
     return created
