@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import URL, Engine
 
+import alembic_migrations
 from sqlalchemy_eventstore import EventData, EventStore, commands
 from sqlalchemy_eventstore.storage.schema import (
     ADDITIONS_NAME,
@@ -38,7 +42,7 @@ Factory = Callable[..., EventStore]
 # The digest of sequencer_ddl() (all but its last statement, the revision's
 # comment) at each revision. A change to the routines or triggers changes it:
 # bump REVISION, and record the new digest here.
-DIGESTS = {2: "f30df7ab4eb97c4e131edbc390d248b262213dd164d253c5d43b7122d132d6ad"}
+DIGESTS = {2: "93733587b15d7922fb591cae1a397dd29e1e3dca610f1814893e61f95ee82ab6"}
 
 # An earlier body, standing in for what an older version installed: it
 # numbers nothing (so the test can tell it from the current one).
@@ -56,6 +60,14 @@ def test_the_revision_is_bumped_with_every_change_to_the_routines() -> None:
         "(and record the new digest in DIGESTS)"
     )
     assert statements[-1].endswith(f"'sqlalchemy_eventstore sequencer revision {REVISION}'")
+
+
+def test_the_alembic_branch_has_a_revision_for_the_current_routines() -> None:
+    """Alembic users get new routines from a revision of the branch that runs the
+    additions' statements again: one per routine revision after the first two
+    (``eventstore_additions_1`` made revision 2)."""
+    versions = Path(alembic_migrations.__file__).parent / "versions"
+    assert (versions / f"eventstore_additions_{REVISION - 1}.py").is_file()
 
 
 def installed(engine: Engine, schema: str) -> int:
@@ -170,7 +182,7 @@ def test_init_by_a_role_that_does_not_own_them_keeps_outdated_routines(
                 conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
                 assert create_schema(conn, store.schema, "bytea") is False
             assert "revision 1" in caplog.text and "eventstore migrate" in caplog.text
-            with pytest.raises(Exception, match="permission denied|must be owner"), conn.begin():
+            with pytest.raises(Exception, match=r"permission denied|must be owner"), conn.begin():
                 conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
                 lock_schema_changes(conn)
                 add_additions(conn, store.schema)
@@ -183,3 +195,69 @@ def test_init_by_a_role_that_does_not_own_them_keeps_outdated_routines(
             conn.commit()
     assert store.init() is False  # the owner replaces them
     assert installed(admin_engine, store.schema) == REVISION
+
+
+def test_init_leaves_them_while_a_long_reader_holds_streams(
+    make_store: Factory, admin_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Replacing the routines needs ``streams``' exclusive lock, and appends queue
+    behind the request: init() gives up after REPLACE_LOCK_TIMEOUT rather than
+    stall them behind a long reader (a report, pg_dump), and says so."""
+    store = make_store(global_order="sequencer")
+    install_old_routines(admin_engine, store.schema, comment=None)
+    appended: list[int] = []
+    with store.engine.connect() as reader:  # in a transaction, not autocommit
+        reader.exec_driver_sql(f'SELECT count(*) FROM "{store.schema}".streams').scalar()
+        with caplog.at_level(logging.WARNING, "sqlalchemy_eventstore.schema"):
+            assert store.init() is False
+        assert "lock timeout" in caplog.text and "revision 1" in caplog.text
+        # Nothing of the attempt is left holding or waiting: appends go on.
+        worker = threading.Thread(
+            target=lambda: appended.append(
+                store.append_to_stream("during", 0, [EventData("E", {"n": 1})])
+            )
+        )
+        worker.start()
+        worker.join(60)
+        assert appended and not worker.is_alive()
+        reader.rollback()
+    assert installed(admin_engine, store.schema) == 1
+    assert store.init() is False
+    assert installed(admin_engine, store.schema) == REVISION
+
+
+def test_init_by_an_owner_without_create_on_the_schema_keeps_them(
+    admin_engine: Engine, database_url: URL, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Owning the routines is not enough: replacing a function needs CREATE on its
+    schema, which hardened roles lose once the schema is made."""
+    role, schema = f"es_owner_{uuid.uuid4().hex[:8]}", f"rev_{uuid.uuid4().hex[:8]}"
+    engine = create_engine(database_url)  # transactions (admin_engine autocommits)
+    with admin_engine.connect() as conn:
+        conn.exec_driver_sql(f'CREATE ROLE "{role}"')
+        conn.exec_driver_sql(f'GRANT CREATE ON DATABASE "{database_url.database}" TO "{role}"')
+        conn.commit()
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
+                assert create_schema(conn, schema, "bytea") is True
+            conn.exec_driver_sql(f'REVOKE CREATE ON SCHEMA "{schema}" FROM "{role}"')
+            conn.commit()
+        install_old_routines(admin_engine, schema, comment=None)
+        with (
+            engine.connect() as conn,
+            conn.begin(),
+            caplog.at_level(logging.WARNING, "sqlalchemy_eventstore.schema"),
+        ):
+            conn.exec_driver_sql(f'SET LOCAL ROLE "{role}"')
+            assert create_schema(conn, schema, "bytea") is False
+        assert "permission denied" in caplog.text
+        assert installed(admin_engine, schema) == 1
+    finally:
+        with admin_engine.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
+            conn.exec_driver_sql(f'DROP ROLE "{role}"')
+            conn.commit()
+        engine.dispose()

@@ -85,9 +85,9 @@ HELP_PROCEDURE = "eventstore_help(integer)"
 #: replace them in a schema that records an older one (a comment on
 #: :data:`HELP_PROCEDURE`; none: revision 1), and leave a newer one alone (a
 #: later version of this package put it there). Alembic users get the new
-#: bodies from a new ``eventstore_additions_N`` revision running the same
-#: statements. ``tests/test_sequencer_revision.py`` fails until the revision
-#: is bumped after a change.
+#: bodies from a new ``eventstore_additions_<REVISION - 1>`` revision running
+#: the same statements. ``tests/test_sequencer_revision.py`` fails until both
+#: are there after a change.
 REVISION = 2
 _REVISION_COMMENT = "sqlalchemy_eventstore sequencer revision "
 
@@ -445,6 +445,12 @@ def sequencer_ddl(schema: str) -> list[str]:
     :data:`REVISION`."""
     s = quote_ident(schema)
     return [
+        # Appenders and the sequencer lock streams' rows, then the queue: so
+        # does this (the state row's SHARE lock on the queue, then DROP
+        # TRIGGER's ACCESS EXCLUSIVE on streams, would deadlock with them).
+        # In a DO block: a caller in autocommit mode (no transaction to hold
+        # the lock) gets a no-op, not an error.
+        f"DO $eventstore$ BEGIN LOCK TABLE {s}.streams IN ACCESS EXCLUSIVE MODE; END $eventstore$",
         _queue_options(s),
         _initial_state(s),
         _link_waiting_function(s),
