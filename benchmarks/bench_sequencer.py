@@ -3,6 +3,7 @@
 Run it as a script (it is not a test)::
 
     python benchmarks/bench_sequencer.py [--url URL] [--quick] [--seconds S]
+        [--rounds N] [--sections 1,2,3,4,5]
 
 Server selection as in ``bench_storage.py``. Every figure is measured for both
 modes on the same server in the same run, each in a fresh schema:
@@ -359,104 +360,131 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "BELOW"
 
 
+def section_throughput(url: URL, seconds: float, rounds: int) -> None:
+    print(f"\n1. 16 writer processes, distinct streams, {seconds:.0f} s windows (events/s)")
+    print(f"   {'batch':>5}  {'lock':>9}  {'sequencer':>9}  ratio")
+    kinds = (*MODES, CEILING)
+    ceilings: list[str] = []
+    for batch in (1, 10):
+        # Rounds rotate the modes, so that load from other processes falls
+        # on all alike; medians per mode.
+        rates: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for r in range(rounds):
+            for kind in kinds[r % 3 :] + kinds[: r % 3]:
+                rates[kind].append(throughput(url, kind, batch, seconds))
+        lock, seq = statistics.median(rates["lock"]), statistics.median(rates["sequencer"])
+        top = statistics.median(rates[CEILING])
+        ratio = seq / lock
+        pairs = zip(rates["lock"], rates["sequencer"], strict=True)
+        print(
+            f"   {batch:>5}  {lock:>9.0f}  {seq:>9.0f}  "
+            f"{ratio:.2f}x  {verdict(ratio >= 3)} (>= 3x)   rounds (lock/sequencer): "
+            + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in pairs),
+            flush=True,
+        )
+        ceilings.append(
+            f"   {batch:>5}  {top:>9.0f} ev/s  {top / lock:.2f}x lock, "
+            f"{seq / top:.0%} of it reached by the sequencer"
+        )
+    print(
+        "   the harness's ceiling: sequencer mode, writers that number nothing, "
+        "one process numbering"
+    )
+    print("\n".join(ceilings), flush=True)
+
+
+def section_held(url: URL, hold: float, rounds: int) -> None:
+    print(
+        f"\n2. a conn= transaction open {hold:.0f} s, {rounds} rounds of windows; "
+        "8 writers' p99 append latency (ms)"
+    )
+    for mode in MODES:
+        free, held, control = held_transaction(url, mode, hold, rounds)
+        added, noise = held - free, control - free
+        target = f"{verdict(added < 5)} (< 5 ms added)" if mode == "sequencer" else ""
+        print(
+            f"   {mode:>9}: free {free:8.1f}  held {held:8.1f}  added {added:+8.1f}  "
+            f"(noise floor: nothing held {control:8.1f}, {noise:+.1f})  {target}",
+            flush=True,
+        )
+
+
+def section_subscriber(url: URL, probes: int, rounds: int) -> None:
+    print(
+        f"\n3. $all subscriber latency, append call -> handler (ms), {probes} probes "
+        f"x {rounds} rounds per mode"
+    )
+    loads = ((0, 0.0, "alone"), (4, 0.0, "4 writers flat out"), (4, 50.0, "4 writers 50/s"))
+    for load, pace, label in loads:
+        pooled: dict[str, list[float]] = {mode: [] for mode in MODES}
+        busy: dict[str, list[float]] = {mode: [] for mode in MODES}
+        rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+        for r in range(rounds):
+            for mode in MODES[r % 2 :] + MODES[: r % 2]:
+                samples, share, rate = subscriber_latency(url, mode, probes, load, pace)
+                pooled[mode] += samples
+                rates[mode].append(rate)
+                if share is not None:
+                    busy[mode].append(share)
+        for mode in MODES:
+            p50, p99 = percentile(pooled[mode], 50), percentile(pooled[mode], 99)
+            cpu = f"  CPU busy {statistics.mean(busy[mode]):4.0%}" if busy[mode] else ""
+            rate = f"  writers {statistics.mean(rates[mode]):5.0f} ev/s" if load else ""
+            print(
+                f"   {mode:>9}, {label:>18}: p50 {p50:6.1f}  p99 {p99:6.1f}  "
+                f"{verdict(p99 < 25)} (p99 < 25){cpu}{rate}",
+                flush=True,
+            )
+
+
+def section_notify(url: URL, seconds: float) -> None:
+    print("\n4. NOTIFY at every append's commit vs per sequencer batch (16 writers, batch 1)")
+    quiet = throughput(url, "sequencer", 1, seconds)
+    loud = throughput(url, "sequencer", 1, seconds, loud=True)
+    print(
+        f"   per batch {quiet:8.0f} ev/s   per append {loud:8.0f} ev/s   ratio {quiet / loud:.2f}x",
+        flush=True,
+    )
+
+
+def section_trigger(url: URL, n: int) -> None:
+    print("\n5. lock mode, one writer: median append latency (ms)")
+    with_trigger = lock_append_latency(url, n, trigger=True)
+    without = lock_append_latency(url, n, trigger=False)
+    print(
+        f"   with the waiting-events trigger {with_trigger:.3f}  without {without:.3f}  "
+        f"cost {with_trigger - without:+.3f} ms",
+        flush=True,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", default=None)
     parser.add_argument("--quick", action="store_true", help="short windows (about a minute)")
     parser.add_argument("--seconds", type=float, default=None, help="throughput window")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of windows (default 3)")
+    parser.add_argument(
+        "--sections", default="1,2,3,4,5", help="which figures, by number (default: all)"
+    )
     args = parser.parse_args(argv)
+    sections = {int(n) for n in args.sections.split(",")}
     seconds = args.seconds or (2.0 if args.quick else 6.0)
     hold = 2.0 if args.quick else 5.0
     probes = 50 if args.quick else 200
     rounds = args.rounds or (1 if args.quick else 3)
     with server(args.url) as url:
         print(f"server: {url.render_as_string(hide_password=True)}", flush=True)
-        print(f"\n1. 16 writer processes, distinct streams, {seconds:.0f} s windows (events/s)")
-        print(f"   {'batch':>5}  {'lock':>9}  {'sequencer':>9}  ratio")
-        kinds = (*MODES, CEILING)
-        ceilings: list[str] = []
-        for batch in (1, 10):
-            # Rounds rotate the modes, so that load from other processes falls
-            # on all alike; medians per mode.
-            rates: dict[str, list[float]] = {kind: [] for kind in kinds}
-            for r in range(rounds):
-                for kind in kinds[r % 3 :] + kinds[: r % 3]:
-                    rates[kind].append(throughput(url, kind, batch, seconds))
-            lock, seq = statistics.median(rates["lock"]), statistics.median(rates["sequencer"])
-            top = statistics.median(rates[CEILING])
-            ratio = seq / lock
-            pairs = zip(rates["lock"], rates["sequencer"], strict=True)
-            print(
-                f"   {batch:>5}  {lock:>9.0f}  {seq:>9.0f}  "
-                f"{ratio:.2f}x  {verdict(ratio >= 3)} (>= 3x)   rounds (lock/sequencer): "
-                + ", ".join(f"{a:.0f}/{b:.0f}" for a, b in pairs),
-                flush=True,
-            )
-            ceilings.append(
-                f"   {batch:>5}  {top:>9.0f} ev/s  {top / lock:.2f}x lock, "
-                f"{seq / top:.0%} of it reached by the sequencer"
-            )
-        print(
-            "   the harness's ceiling: sequencer mode, writers that number nothing, "
-            "one process numbering"
-        )
-        print("\n".join(ceilings), flush=True)
-        print(
-            f"\n2. a conn= transaction open {hold:.0f} s, {rounds} rounds of windows; "
-            "8 writers' p99 append latency (ms)"
-        )
-        for mode in MODES:
-            free, held, control = held_transaction(url, mode, hold, rounds)
-            added, noise = held - free, control - free
-            target = f"{verdict(added < 5)} (< 5 ms added)" if mode == "sequencer" else ""
-            print(
-                f"   {mode:>9}: free {free:8.1f}  held {held:8.1f}  added {added:+8.1f}  "
-                f"(noise floor: nothing held {control:8.1f}, {noise:+.1f})  {target}",
-                flush=True,
-            )
-        print(
-            f"\n3. $all subscriber latency, append call -> handler (ms), {probes} probes "
-            f"x {rounds} rounds per mode"
-        )
-        loads = ((0, 0.0, "alone"), (4, 0.0, "4 writers flat out"), (4, 50.0, "4 writers 50/s"))
-        for load, pace, label in loads:
-            pooled: dict[str, list[float]] = {mode: [] for mode in MODES}
-            busy: dict[str, list[float]] = {mode: [] for mode in MODES}
-            rates: dict[str, list[float]] = {mode: [] for mode in MODES}
-            for r in range(rounds):
-                for mode in MODES[r % 2 :] + MODES[: r % 2]:
-                    samples, share, rate = subscriber_latency(url, mode, probes, load, pace)
-                    pooled[mode] += samples
-                    rates[mode].append(rate)
-                    if share is not None:
-                        busy[mode].append(share)
-            for mode in MODES:
-                p50, p99 = percentile(pooled[mode], 50), percentile(pooled[mode], 99)
-                cpu = f"  CPU busy {statistics.mean(busy[mode]):4.0%}" if busy[mode] else ""
-                rate = f"  writers {statistics.mean(rates[mode]):5.0f} ev/s" if load else ""
-                print(
-                    f"   {mode:>9}, {label:>18}: p50 {p50:6.1f}  p99 {p99:6.1f}  "
-                    f"{verdict(p99 < 25)} (p99 < 25){cpu}{rate}",
-                    flush=True,
-                )
-        print("\n4. NOTIFY at every append's commit vs per sequencer batch (16 writers, batch 1)")
-        quiet = throughput(url, "sequencer", 1, seconds)
-        loud = throughput(url, "sequencer", 1, seconds, loud=True)
-        print(
-            f"   per batch {quiet:8.0f} ev/s   per append {loud:8.0f} ev/s   "
-            f"ratio {quiet / loud:.2f}x",
-            flush=True,
-        )
-        print("\n5. lock mode, one writer: median append latency (ms)")
-        n = 200 if args.quick else 1000
-        with_trigger = lock_append_latency(url, n, trigger=True)
-        without = lock_append_latency(url, n, trigger=False)
-        print(
-            f"   with the waiting-events trigger {with_trigger:.3f}  without {without:.3f}  "
-            f"cost {with_trigger - without:+.3f} ms",
-            flush=True,
-        )
+        if 1 in sections:
+            section_throughput(url, seconds, rounds)
+        if 2 in sections:
+            section_held(url, hold, rounds)
+        if 3 in sections:
+            section_subscriber(url, probes, rounds)
+        if 4 in sections:
+            section_notify(url, seconds)
+        if 5 in sections:
+            section_trigger(url, 200 if args.quick else 1000)
     return 0
 
 

@@ -38,8 +38,16 @@ def test_additions_ddl_is_idempotent_and_leaves_the_reference_alone():
     statements = additions_ddl("tenant")
     # Tables IF NOT EXISTS; the sequencer's functions OR REPLACE, its
     # triggers dropped IF EXISTS and created again; its queue's storage
-    # options ALTER ... SET (idempotent as well).
-    idempotent = (" IF NOT EXISTS ", "CREATE OR REPLACE ", "\nSET (", "DROP TRIGGER IF EXISTS ")
+    # options ALTER ... SET and the routines' revision, a COMMENT (idempotent
+    # as well).
+    idempotent = (
+        " IF NOT EXISTS ",
+        "CREATE OR REPLACE ",
+        "\nSET (",
+        "DROP TRIGGER IF EXISTS ",
+        "COMMENT ON ",
+        "LOCK TABLE ",
+    )
     assert statements and all(
         any(marker in s for marker in idempotent) or "CREATE TRIGGER" in s for s in statements
     )

@@ -15,17 +15,26 @@ and ``schema_migrations`` rows are never changed by them.
 
 from __future__ import annotations
 
+import logging
+
 from sqlalchemy import Connection, text
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..models import ADDITION_TABLES, metadata_for
+from .connection import _sqlstate
 from .sequencer_sql import (
     HELP_PROCEDURE,
     drop_sequencer_ddl,
-    has_help_procedure_sql,
+    installed_revision_sql,
     sequencer_ddl,
 )
+from .sequencer_sql import (
+    REVISION as SEQUENCER_REVISION,
+)
+
+logger = logging.getLogger("sqlalchemy_eventstore.schema")
 
 __all__ = [
     "ADDITIONS_NAME",
@@ -352,25 +361,96 @@ def additions_missing(conn: Connection, schema: str) -> list[str]:
 
 
 def additions_incomplete(conn: Connection, schema: str) -> bool:
-    """Whether ``schema`` lacks an addition: a table, or a routine added since
-    its tables were (``eventstore_help``)."""
+    """Whether ``schema`` lacks an addition or has an outdated one: a table, or
+    the sequencer's routines at an older :data:`.sequencer_sql.REVISION` (or
+    none: made before ``eventstore_help``)."""
     if additions_missing(conn, schema):
         return True
-    return not conn.exec_driver_sql(has_help_procedure_sql(schema)).scalar()
+    return _installed_revision(conn, schema) < SEQUENCER_REVISION
 
 
-def add_additions(conn: Connection, schema: str) -> bool:
-    """Create the additions in an existing event store unless present; True if it did.
+def _installed_revision(conn: Connection, schema: str) -> int:
+    return int(conn.exec_driver_sql(installed_revision_sql(schema)).scalar() or 0)
+
+
+def _owns_routines(conn: Connection, schema: str) -> bool:
+    """Whether the current role has the privileges of the sequencer's routines'
+    owner and of ``streams``' (a cheap first check before trying to replace them)."""
+    s = quote_ident(schema)
+    found = conn.execute(
+        text(
+            "SELECT pg_has_role(current_user, p.proowner, 'USAGE') "
+            "AND pg_has_role(current_user, c.relowner, 'USAGE') "
+            "FROM pg_proc p, pg_class c "
+            "WHERE p.oid = to_regprocedure(:procedure) AND c.oid = to_regclass(:streams)"
+        ),
+        {"procedure": f"{s}.{HELP_PROCEDURE}", "streams": f"{s}.streams"},
+    ).scalar()
+    return bool(found)
+
+
+#: How long ``init()`` waits for ``streams``' lock to replace outdated routines
+#: (appends queue behind the request meanwhile), before leaving them be.
+REPLACE_LOCK_TIMEOUT = "2s"
+_INSUFFICIENT_PRIVILEGE = "42501"
+_LOCK_NOT_AVAILABLE = "55P03"
+
+
+def add_additions(conn: Connection, schema: str, *, strict: bool = True) -> bool:
+    """Create or update the additions in an existing event store; True if it did.
 
     The caller holds :data:`SCHEMA_LOCK_KEY`. When every addition is present
-    nothing is sent, so an ``init()`` by a role without CREATE rights still
-    succeeds on a complete schema.
+    and current nothing is sent, so an ``init()`` by a role without CREATE
+    rights still succeeds on a complete schema. With ``strict=False``
+    (``init()``), routines that are only outdated -- they work as they are --
+    are replaced if that can be done at once, and otherwise left with a
+    warning: when the role may not (not their owner, no CREATE on the schema)
+    or ``streams``' lock is not had within :data:`REPLACE_LOCK_TIMEOUT` (a
+    long reader holds it; appends queue behind the request). An application
+    still starts; ``eventstore migrate``, run as the owner, replaces them.
     """
-    if not additions_incomplete(conn, schema):
-        return False
+    if not additions_missing(conn, schema):
+        installed = _installed_revision(conn, schema)
+        if installed >= SEQUENCER_REVISION:
+            return False
+        if not strict and installed > 0:
+            return _replace_routines_or_warn(conn, schema, installed)
     for statement in additions_ddl(schema):
         conn.exec_driver_sql(statement)
     return True
+
+
+def _replace_routines_or_warn(conn: Connection, schema: str, installed: int) -> bool:
+    """``init()``'s try at replacing outdated routines, in a savepoint."""
+    why = "the role does not own them"
+    if _owns_routines(conn, schema):
+        previous = conn.exec_driver_sql("SELECT current_setting('lock_timeout')").scalar()
+        try:
+            with conn.begin_nested():
+                conn.execute(
+                    text("SELECT set_config('lock_timeout', :value, true)"),
+                    {"value": REPLACE_LOCK_TIMEOUT},
+                )
+                for statement in sequencer_ddl(schema):
+                    conn.exec_driver_sql(statement)
+                conn.execute(
+                    text("SELECT set_config('lock_timeout', :value, true)"), {"value": previous}
+                )
+            return True
+        except DBAPIError as error:
+            if _sqlstate(error) not in (_INSUFFICIENT_PRIVILEGE, _LOCK_NOT_AVAILABLE):
+                raise
+            why = str(error.orig).splitlines()[0]
+    logger.warning(
+        "schema %s: the sequencer's routines are at revision %d, this version's at %d; "
+        "they keep working as they are (%s). Run `eventstore migrate` as the schema's "
+        "owner to replace them.",
+        quote_ident(schema),
+        installed,
+        SEQUENCER_REVISION,
+        why,
+    )
+    return False
 
 
 def create_schema(
@@ -398,5 +478,5 @@ def create_schema(
             conn.exec_driver_sql(statement)
         created = True
     if additions:
-        add_additions(conn, schema)
+        add_additions(conn, schema, strict=False)
     return created

@@ -60,8 +60,10 @@ __all__ = [
     "HELP_PROCEDURE",
     "HELP_ROUNDS",
     "QUEUE_TABLE",
+    "REVISION",
     "STATE_TABLE",
     "has_help_procedure_sql",
+    "installed_revision_sql",
     "sequencer_ddl",
 ]
 
@@ -78,6 +80,16 @@ EMPTIED = -3  # the lock was taken, and the queue found empty under it
 HELP_ROUNDS = 16
 #: The procedure appenders call after their commit, by its signature.
 HELP_PROCEDURE = "eventstore_help(integer)"
+#: The revision of the routines and triggers :func:`sequencer_ddl` creates.
+#: Bump it with any change to them: ``init()`` and ``eventstore migrate``
+#: replace them in a schema that records an older one (a comment on
+#: :data:`HELP_PROCEDURE`; none: revision 1), and leave a newer one alone (a
+#: later version of this package put it there). Alembic users get the new
+#: bodies from a new ``eventstore_additions_<REVISION - 1>`` revision running
+#: the same statements. ``tests/test_sequencer_revision.py`` fails until both
+#: are there after a change.
+REVISION = 2
+_REVISION_COMMENT = "sqlalchemy_eventstore sequencer revision "
 
 
 def _literal(text: str) -> str:
@@ -414,11 +426,31 @@ def has_help_procedure_sql(schema: str) -> str:
     return f"SELECT to_regprocedure({_literal(name)}) IS NOT NULL"
 
 
+def installed_revision_sql(schema: str) -> str:
+    """A query: the :data:`REVISION` of the routines installed in ``schema``
+    (0: none, the schema's additions predate :data:`HELP_PROCEDURE`; 1: made
+    before revisions were recorded)."""
+    procedure = f"to_regprocedure({_literal(quote_ident(schema) + '.' + HELP_PROCEDURE)})"
+    return f"""
+SELECT CASE WHEN {procedure} IS NULL THEN 0
+       ELSE coalesce(CAST(substring(obj_description({procedure}, 'pg_proc')
+                                    FROM {_literal(_REVISION_COMMENT + "([0-9]+)$")})
+                          AS integer), 1)
+       END"""
+
+
 def sequencer_ddl(schema: str) -> list[str]:
     """Idempotent statements creating the sequencer's functions and triggers
-    (after the queue table, which comes from its model)."""
+    (after the queue table, which comes from its model), recording
+    :data:`REVISION`."""
     s = quote_ident(schema)
     return [
+        # Appenders and the sequencer lock streams' rows, then the queue: so
+        # does this (the state row's SHARE lock on the queue, then DROP
+        # TRIGGER's ACCESS EXCLUSIVE on streams, would deadlock with them).
+        # In a DO block: a caller in autocommit mode (no transaction to hold
+        # the lock) gets a no-op, not an error.
+        f"DO $eventstore$ BEGIN LOCK TABLE {s}.streams IN ACCESS EXCLUSIVE MODE; END $eventstore$",
         _queue_options(s),
         _initial_state(s),
         _link_waiting_function(s),
@@ -430,6 +462,8 @@ def sequencer_ddl(schema: str) -> list[str]:
         _help_procedure(s),
         f"DROP TRIGGER IF EXISTS event_notification ON {s}.streams",
         _quiet_notification_trigger(s),
+        f"COMMENT ON PROCEDURE {s}.{HELP_PROCEDURE} "
+        f"IS {_literal(_REVISION_COMMENT + str(REVISION))}",
     ]
 
 
