@@ -62,6 +62,15 @@ def test_the_revision_is_bumped_with_every_change_to_the_routines() -> None:
     assert statements[-1].endswith(f"'sqlalchemy_eventstore sequencer revision {REVISION}'")
 
 
+def test_the_routines_are_replaced_with_streams_locked_first() -> None:
+    """Appenders lock a stream's row, then write the queue; replacing the
+    routines takes a SHARE lock on the queue (the state row) and then
+    ``streams``' exclusive lock (the triggers): in that order it deadlocked
+    with running appends. ``streams`` is locked before anything else."""
+    first = sequencer_ddl("s")[0]
+    assert 'LOCK TABLE "s".streams IN ACCESS EXCLUSIVE MODE' in first
+
+
 def test_the_alembic_branch_has_a_revision_for_the_current_routines() -> None:
     """Alembic users get new routines from a revision of the branch that runs the
     additions' statements again: one per routine revision after the first two
