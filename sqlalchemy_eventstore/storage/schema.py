@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..models import ADDITION_TABLES, metadata_for
-from .connection import _sqlstate
+from .connection import _LOCK_NOT_AVAILABLE, _sqlstate
 from .sequencer_sql import (
     HELP_PROCEDURE,
     drop_sequencer_ddl,
@@ -392,8 +392,7 @@ def _owns_routines(conn: Connection, schema: str) -> bool:
 #: How long ``init()`` waits for ``streams``' lock to replace outdated routines
 #: (appends queue behind the request meanwhile), before leaving them be.
 REPLACE_LOCK_TIMEOUT = "2s"
-_INSUFFICIENT_PRIVILEGE = "42501"
-_LOCK_NOT_AVAILABLE = "55P03"
+_INSUFFICIENT_PRIVILEGE = "42501"  # not the owner; no CREATE on the schema
 
 
 def add_additions(conn: Connection, schema: str, *, strict: bool = True) -> bool:

@@ -419,18 +419,22 @@ $$ LANGUAGE plpgsql;
 """
 
 
+def _help_procedure_oid(schema: str) -> str:
+    """SQL: the oid of ``schema``'s :data:`HELP_PROCEDURE`, NULL when it has none."""
+    return f"to_regprocedure({_literal(quote_ident(schema) + '.' + HELP_PROCEDURE)})"
+
+
 def has_help_procedure_sql(schema: str) -> str:
     """A query: whether ``schema`` has :data:`HELP_PROCEDURE` (schemas whose
     additions predate it lack it until ``init``/``migrate``)."""
-    name = quote_ident(schema) + "." + HELP_PROCEDURE
-    return f"SELECT to_regprocedure({_literal(name)}) IS NOT NULL"
+    return f"SELECT {_help_procedure_oid(schema)} IS NOT NULL"
 
 
 def installed_revision_sql(schema: str) -> str:
     """A query: the :data:`REVISION` of the routines installed in ``schema``
     (0: none, the schema's additions predate :data:`HELP_PROCEDURE`; 1: made
     before revisions were recorded)."""
-    procedure = f"to_regprocedure({_literal(quote_ident(schema) + '.' + HELP_PROCEDURE)})"
+    procedure = _help_procedure_oid(schema)
     return f"""
 SELECT CASE WHEN {procedure} IS NULL THEN 0
        ELSE coalesce(CAST(substring(obj_description({procedure}, 'pg_proc')
